@@ -1,0 +1,156 @@
+"""Checkpoints: written once by global rank 0, atomically; the newest complete one wins.
+
+A checkpoint is ``checkpoints/step_XXXXXXXX.pt`` holding everything needed to continue
+exactly: the unwrapped model, the optimizer, epoch, step, the batch index inside the
+epoch, RNG states, the resolved config and the W&B run id. It is written to a temporary
+name, fsynced, then renamed, so a reader sees either the whole file or none of it.
+Loading uses ``torch.load(weights_only=True)``: a file that carries code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ae_dist.errors import UsageError
+
+NAME = re.compile(r"^step_(\d{8,})\.pt$")
+# Config sections that must match for a checkpoint to continue this run, less what may move.
+MUST_MATCH = ("model", "data")
+MAY_DIFFER = {"data.root", "data.download"}
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epoch in progress (== train.epochs when the run is complete)
+    batch: int = 0  # batches of this epoch already taken
+    step: int = 0  # optimizer steps taken since the start of the run
+    wandb_run_id: str = ""
+    skipped_steps: int = 0  # steps dropped by train.nan_policy=skip
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+         config: dict[str, Any], keep: int) -> Path:
+    """Write ``step_<step>.pt`` atomically, then prune all but the newest ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "batch": state.batch,
+        "step": state.step,
+        "skipped_steps": state.skipped_steps,
+        "rng": rng_state(),
+        "config": config,
+        "wandb_run_id": state.wandb_run_id,
+    }
+    path = folder / f"step_{state.step:08d}.pt"
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(path, err) from err
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+class CheckpointWriteError(OSError):
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, f"could not write checkpoint {path}: {err.strerror or err}")
+        self.path = path
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary files never match the name)."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if NAME.match(p.name)), key=lambda p: int(NAME.match(p.name)[1]))
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load one checkpoint with weights_only=True; raise ValueError when it is damaged."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad bytes, or a pickle that asks for code
+        raise ValueError(f"{err.__class__.__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}") from None
+    missing = {"model", "optimizer", "epoch", "batch", "step", "config"} - set(payload) if isinstance(payload, dict) else {"all"}
+    if missing:
+        raise ValueError(f"not an ae-dist checkpoint (missing {sorted(missing)})")
+    return payload
+
+
+def load_latest(folder: Path, warn=lambda line: print(line, file=sys.stderr, flush=True)) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; damaged ones are reported in one line and skipped."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, read(path)
+        except ValueError as err:
+            warn(f"warning: skipping damaged checkpoint {path} ({err}); trying the next older one")
+    return None
+
+
+def load_path(path: Path) -> tuple[Path, dict]:
+    try:
+        return path, read(path)
+    except FileNotFoundError:
+        raise UsageError("checkpoint not found", str(path), "give an existing file to train.resume, or auto") from None
+    except ValueError as err:
+        raise UsageError(f"checkpoint cannot be loaded ({err})", str(path), "use another checkpoint") from None
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A checkpoint continues this run only if the model and data configs are the same."""
+    for section in MUST_MATCH:
+        theirs, ours = saved.get(section, {}), current[section]
+        diff = sorted(k for k in set(theirs) | set(ours)
+                      if theirs.get(k) != ours.get(k) and f"{section}.{k}" not in MAY_DIFFER)
+        if diff:
+            key = f"{section}.{diff[0]}"
+            raise UsageError(
+                f"checkpoint was made with {key}={theirs.get(diff[0])!r}, this command has {ours.get(diff[0])!r}",
+                str(path), "use the same config, another run.dir, or train.resume=never")

@@ -1,0 +1,332 @@
+"""One typed config tree: defaults, then YAML, then dotted overrides (`train.epochs=3`).
+
+Every field carries its meaning in ``metadata["help"]``, which `--help` prints. Values from
+YAML and from the command line are converted by the field's declared type, so `1e-3` is a
+float whatever PyYAML thinks of it. All problems are reported at once, each naming its
+dotted key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ae_dist.errors import UsageError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DATASETS = ("fashion_mnist", "mnist", "digits", "synthetic")
+MODELS = ("mlp", "conv")
+
+
+def _field(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _field("fashion_mnist", "dataset: fashion_mnist | mnist | digits | synthetic")
+    root: str = _field("./data", "folder holding torchvision's dataset folders (FashionMNIST/raw, MNIST/raw)")
+    download: bool = _field(True, "download fashion_mnist/mnist into data.root when missing")
+    synthetic_train: int = _field(60_000, "number of training images of the synthetic dataset")
+    synthetic_test: int = _field(10_000, "number of test images of the synthetic dataset")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _field("mlp", "model: mlp (the seed's exact autoencoder) | conv")
+    latent_dim: int = _field(3, "size of the latent code")
+    hidden: tuple[int, ...] = _field((128, 64, 12), "mlp hidden widths, encoder order (decoder mirrors them)")
+    channels: tuple[int, ...] = _field((16, 32), "conv channels per stride-2 stage")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _field(10, "number of passes over the training split")
+    batch_size: int = _field(64, "GLOBAL batch across all ranks (divisible by world size); an epoch's incomplete last batch is dropped")
+    seed: int = _field(0, "seed for weights, the per-epoch permutation and all RNGs")
+    resume: str = _field("auto", "auto (newest complete checkpoint in run.dir) | never | PATH to a checkpoint")
+    log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
+    eval_batch_size: int = _field(1000, "batch size for the test-split pass")
+    threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else this node's cores / ranks on it")
+    nan_policy: str = _field("stop", "on a NaN/Inf loss: stop (exit naming the step) | skip (drop the step's update and count it)")
+    precision: str = _field("fp32", "fp32 | bf16 (autocast; CUDA and CPU; not bitwise comparable with fp32)")
+    compile: str = _field("off", "off | default | reduce-overhead (torch.compile; first steps are slower)")
+    device: str = _field("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = _field(1e-3, "Adam learning rate")
+    weight_decay: float = _field(1e-5, "Adam weight decay (L2, as torch.optim.Adam)")
+    impl: str = _field("auto", "Adam implementation: auto | fused | foreach | loop")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = _field("runs/default", "run folder: config, metrics, checkpoints, weights, pictures; same folder = resume")
+    progress: str = _field("auto", "auto (bar on a terminal, lines otherwise) | bar | lines | off")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = _field(500, "steps between checkpoints (one is also written at each epoch end); 0 = epoch ends only")
+    keep: int = _field(3, "number of newest checkpoints kept")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    timeout_s: float = _field(300.0, "seconds a rank waits on the others in a collective before giving up")
+    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here)")
+    bucket_view: bool = _field(True, "DDP gradient_as_bucket_view (saves a gradient copy)")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = _field("", "online | offline | disabled; empty = online when W&B credentials exist, else offline")
+    project: str = _field("ae-dist", "W&B project")
+    entity: str = _field("", "W&B entity (team or user); empty = your default")
+    group: str = _field("", "W&B group; empty = SLURM job id or torchrun run id when present")
+    name: str = _field("", "W&B run name; empty = run folder name (+ job id)")
+    images_every_epochs: int = _field(1, "epochs between reconstruction/latent images in W&B; 0 = never")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "data.name": DATASETS,
+    "model.name": MODELS,
+    "train.nan_policy": ("stop", "skip"),
+    "train.precision": ("fp32", "bf16"),
+    "train.compile": ("off", "default", "reduce-overhead"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "optim.impl": ("auto", "fused", "foreach", "loop"),
+    "run.progress": ("auto", "bar", "lines", "off"),
+    "wandb.mode": ("", "online", "offline", "disabled"),
+}
+AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every",
+              "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
+AT_LEAST_0 = ("train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
+POSITIVE = ("optim.lr", "dist.timeout_s")
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+
+
+def leaf_fields() -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every dotted key with its declared type and field."""
+    leaves = {}
+    for section, cls in _sections().items():
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            leaves[f"{section}.{f.name}"] = (hints[f.name], f)
+    return leaves
+
+
+def _convert(key: str, value: Any, kind: Any) -> Any:
+    """Convert a YAML or command-line value to the declared type, or raise ValueError."""
+    if get_origin(kind) is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [v for v in value.strip("[]()").replace(" ", "").split(",") if v]
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"expected a list of integers, got {value!r}")
+        return tuple(_convert(key, v, get_args(kind)[0]) for v in items)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.replace("_", ""), 0)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return "" if value is None else str(value)
+    raise TypeError(f"unsupported field type {kind} for {key}")  # a bug, not bad input
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and "." not in dotted:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into flat dotted keys (``yaml.safe_load``: no tags, no code)."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError("config file not found", str(path), "pass an existing YAML file to --config") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError("config file unreadable", str(path), f"fix the file ({err.__class__.__name__})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        reason = getattr(err, "problem", None) or "invalid YAML"
+        raise UsageError(f"config file is not valid YAML ({reason})", at, "write plain YAML: sections of key: value") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
+        raise UsageError("config file must be a mapping of sections", str(path), "write e.g. 'train:\\n  epochs: 3'")
+    return _flatten(tree)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError("override is not key=value", item, "write e.g. train.epochs=3")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a validated Config from flat dotted values; every problem is reported at once."""
+    leaves = leaf_fields()
+    problems: list[tuple[str, str, str]] = []
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
+    for key, raw in values.items():
+        if key not in leaves:
+            close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see --help for every key"
+            problems.append((f"unknown config key in {source}", key, hint))
+            continue
+        kind, _ = leaves[key]
+        try:
+            value = _convert(key, raw, kind)
+        except ValueError as err:
+            problems.append((f"wrong type: {err}", key, f"give a {getattr(kind, '__name__', 'list')} value"))
+            continue
+        section, name = key.split(".", 1)
+        sections[section][name] = value
+    if problems:
+        raise UsageError.many(problems)
+    config = Config(**{name: cls(**sections[name]) for name, cls in _sections().items()})
+    problems = validate(config)
+    if problems:
+        raise UsageError.many(problems)
+    return config
+
+
+def validate(config: Config) -> list[tuple[str, str, str]]:
+    flat = to_flat(config)
+    problems = []
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            shown = " | ".join(a for a in allowed if a) or "''"
+            problems.append((f"invalid value {flat[key]!r}", key, f"use one of {shown}"))
+    for key in AT_LEAST_1:
+        if flat[key] < 1:
+            problems.append((f"invalid value {flat[key]!r}", key, "use an integer >= 1"))
+    for key in AT_LEAST_0:
+        if flat[key] < 0:
+            problems.append((f"invalid value {flat[key]!r}", key, "use an integer >= 0"))
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            problems.append((f"invalid value {flat[key]!r}", key, "use a number > 0"))
+    if flat["optim.weight_decay"] < 0:
+        problems.append((f"invalid value {flat['optim.weight_decay']!r}", "optim.weight_decay", "use a number >= 0"))
+    for key in ("model.hidden", "model.channels"):
+        if not flat[key] or any(width < 1 for width in flat[key]):
+            problems.append((f"invalid value {list(flat[key])!r}", key, "use a list of integers >= 1"))
+    if flat["train.batch_size"] > 1 << 24 or flat["model.latent_dim"] > 1 << 16:
+        problems.append(("value too large", "train.batch_size / model.latent_dim", "use a realistic size"))
+    if not flat["run.dir"].strip():
+        problems.append(("empty run folder", "run.dir", "give a folder path"))
+    return problems
+
+
+def check_world_size(config: Config, world_size: int) -> None:
+    """The global batch is split evenly across ranks; say so when it cannot be."""
+    if config.train.batch_size % world_size:
+        raise UsageError(
+            f"global batch {config.train.batch_size} does not divide by world size {world_size}",
+            "train.batch_size",
+            f"use a multiple of {world_size}",
+        )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (configs/default.yaml when None), then dotted overrides."""
+    values = read_yaml(path if path is not None else DEFAULT_CONFIG)
+    source = "--config file" if path is not None else str(DEFAULT_CONFIG)
+    build_config(values, source)  # problems in the file are named as the file's
+    values.update(parse_overrides(overrides or []))
+    return build_config(values, "overrides")
+
+
+def to_flat(config: Config) -> dict[str, Any]:
+    return {f"{section}.{k}": v for section, tree in dataclasses.asdict(config).items() for k, v in tree.items()}
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (tuples as lists), ready for YAML, JSON, W&B and checkpoints."""
+    return {section: {k: list(v) if isinstance(v, tuple) else v for k, v in tree.items()}
+            for section, tree in dataclasses.asdict(config).items()}
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    return build_config(_flatten(tree), "saved config")
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def help_text() -> str:
+    lines = ["config keys (set in YAML or as dotted.key=value):"]
+    for key, (kind, f) in leaf_fields().items():
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else repr(default)
+        type_name = "list" if get_origin(kind) is tuple else kind.__name__
+        lines.append(f"  {key:<28} {type_name:<5} default {shown:<16} {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+__all__ = ["Config", "load_config", "build_config", "check_world_size", "help_text", "to_dict", "from_dict",
+           "dump_yaml"]

@@ -1,0 +1,74 @@
+"""The run's pictures: reconstructions, latent codes, loss curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, path: Path, title: str = "") -> None:
+    """Test images (top row) above their reconstructions (bottom row)."""
+    count = len(images)
+    fig, axes = plt.subplots(2, count, figsize=(count * 1.0, 2.3))
+    for i in range(count):
+        for row, batch in enumerate((images, recons)):
+            ax = axes[row, i]
+            ax.imshow(batch[i].reshape(28, 28).float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("output")
+    fig.suptitle(title or "test images and their reconstructions")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def draw_latent(codes: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "") -> None:
+    """Latent codes coloured by class: 3-D scatter (codes wider than 3 are projected by PCA)."""
+    codes = codes.float().cpu()
+    if codes.shape[1] > 3:
+        centred = codes - codes.mean(0)
+        codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:3].T
+    fig = plt.figure(figsize=(6, 5))
+    if codes.shape[1] == 3:
+        ax = fig.add_subplot(projection="3d")
+        points = ax.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels.cpu(), cmap="tab10", s=4)
+    else:
+        ax = fig.add_subplot()
+        y = codes[:, 1] if codes.shape[1] > 1 else torch.zeros(len(codes))
+        points = ax.scatter(codes[:, 0], y, c=labels.cpu(), cmap="tab10", s=4)
+    fig.colorbar(points, ax=ax, label="class", shrink=0.7)
+    ax.set_title(title or "test-set latent codes")
+    _save(fig, path)
+
+
+def draw_loss(records: list[dict[str, Any]], path: Path) -> None:
+    """Train loss per logged step and per epoch, test loss per epoch."""
+    steps = [r for r in records if r["kind"] == "train"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.4, label="train (logged steps)")
+    if epochs:
+        ax.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch mean)")
+        ax.plot([r["step"] for r in epochs], [r["test_loss"] for r in epochs], "s-", label="test")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,1 @@
+"""Launchers: turn a cluster request into processes that run `ae_dist.train`."""
