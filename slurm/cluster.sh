@@ -54,8 +54,10 @@ die() { log "error: $*"; exit 1; }
 # --------------------------------------------------------------------------------------
 
 # pid_of NAME EXE: print the pid from $RUN/NAME.pid if that process is alive and runs EXE.
+# (Debian's /usr/sbin/slurmd and friends are alternatives symlinks, hence readlink -f.)
 pid_of() {
-  local name=$1 exe=$2 pid
+  local name=$1 exe pid
+  exe=$(readlink -f "$2")
   [[ -r $RUN/$name.pid ]] || return 1
   pid=$(tr -dc '0-9' < "$RUN/$name.pid")
   [[ -n $pid && -d /proc/$pid ]] || return 1
