@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -37,8 +38,9 @@ def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs)
         except UsageError as err:
-            for line in err.lines():
-                print(line, file=sys.stderr, flush=True)
+            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # every rank sees the same problem; one says it
+                for line in err.lines():
+                    print(line, file=sys.stderr, flush=True)
             return EXIT_USAGE
 
     return wrapper

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ae_dist import checkpoint, data, engine, plots
 from ae_dist.config import Config, check_world_size, dump_yaml, help_text, load_config, to_dict
-from ae_dist.dist import DistInfo, barrier, cpu_threads, distributed
+from ae_dist.dist import DistInfo, barrier, cpu_threads, distributed, read_env
 from ae_dist.errors import UsageError, exits_on_usage_error
 from ae_dist.loggers import Monitor, NullMonitor, Progress, read_metrics
 from ae_dist.models import build_model
@@ -46,8 +46,8 @@ class RunResult:
 
 def run(config: Config) -> RunResult:
     """Train (or resume, or find complete) the run in ``config.run.dir``; every rank calls this."""
+    check_world_size(config, int(read_env().get("WORLD_SIZE", "1")))  # before any rank waits for the others
     with distributed(config.train.device, config.dist.timeout_s) as info:
-        check_world_size(config, info.world_size)
         if info.device.type == "cpu":
             torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
         return Trainer(config, info).fit()

@@ -1,0 +1,110 @@
+"""Config: every shipped file loads; each bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ae_dist.config import Config, build_config, help_text, leaf_fields, load_config, to_dict, from_dict
+from ae_dist.errors import UsageError
+from conftest import PYTHON, REPO, clean_env
+
+TRAINER_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert from_dict(to_dict(config)) == config  # what config.yaml saves reloads to the same tree
+
+
+def test_default_is_the_seed_experiment() -> None:
+    config = load_config()
+    assert (config.data.name, config.model.name, config.model.latent_dim) == ("fashion_mnist", "mlp", 3)
+    assert config.model.hidden == (128, 64, 12)
+    assert (config.optim.lr, config.optim.weight_decay) == (1e-3, 1e-5)
+    assert (config.train.batch_size, config.train.epochs) == (64, 10)
+
+
+def test_overrides_are_typed_by_the_field() -> None:
+    config = load_config(None, ["optim.lr=3e-3", "train.epochs=2", "data.download=false", "model.hidden=256,32"])
+    assert config.optim.lr == 0.003 and isinstance(config.optim.lr, float)
+    assert config.train.epochs == 2 and config.data.download is False
+    assert config.model.hidden == (256, 32)
+
+
+def test_yaml_float_written_like_pyyaml_string_is_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n")  # PyYAML reads this as the string '1e-3'
+    assert load_config(path).optim.lr == 0.001
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(UsageError) as err:
+        build_config({"train.epoch": 3, "optim.lr": "fast", "model.name": "resnet"})
+    lines = err.value.lines()
+    assert len(lines) == 2  # unknown key and wrong type first; values are checked once types are right
+    assert "did you mean train.epochs?" in lines[0]
+    assert "optim.lr" in lines[1]
+
+
+def test_help_lists_every_key_with_default_and_meaning() -> None:
+    text = help_text()
+    for key, (_, f) in leaf_fields().items():
+        line = next(line for line in text.splitlines() if line.split()[:1] == [key])
+        assert f.metadata["help"] in line
+    result = subprocess.run([PYTHON, "-m", "ae_dist.train", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "train.batch_size" in result.stdout and "GLOBAL" in result.stdout
+
+
+BAD_INPUTS = {
+    "unknown key": (["train.epoch=3"], "unknown config key", "did you mean train.epochs?"),
+    "wrong type": (["train.epochs=three"], "wrong type", "train.epochs"),
+    "lr not positive": (["optim.lr=0"], "invalid value", "optim.lr"),
+    "negative lr": (["optim.lr=-1e-3"], "invalid value", "optim.lr"),
+    "epochs below 1": (["train.epochs=0"], "invalid value", "train.epochs"),
+    "unknown dataset": (["data.name=cifar"], "invalid value 'cifar'", "data.name"),
+    "unknown model": (["model.name=resnet"], "invalid value 'resnet'", "model.name"),
+    "not key=value": (["epochs"], "override is not key=value", "train.epochs=3"),
+    "missing config file": (["--config", "/nonexistent/x.yaml"], "config file not found", "/nonexistent/x.yaml"),
+}
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=str)
+def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path) -> None:
+    args, *needles = BAD_INPUTS[case]
+    result = subprocess.run([PYTHON, "-m", "ae_dist.train", "--config", str(REPO / "configs/digits.yaml"),
+                             f"run.dir={tmp_path / 'run'}", *args], cwd=REPO, env=clean_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result, *needles)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_bad_yaml_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    result = subprocess.run([PYTHON, "-m", "ae_dist.train", "--config", str(path)], cwd=REPO,
+                            env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result, "not valid YAML", str(path))
+
+
+def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT="1")  # checked before any rank waits for another
+    result = subprocess.run([PYTHON, "-m", "ae_dist.train", "--config", str(REPO / "configs/digits.yaml"),
+                             f"run.dir={tmp_path / 'run'}", "train.batch_size=63"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result, "does not divide by world size 2", "train.batch_size")
