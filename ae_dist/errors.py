@@ -38,7 +38,8 @@ def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs)
         except UsageError as err:
-            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # every rank sees the same problem; one says it
+            # every rank sees the same problem; one says it
+            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
                 for line in err.lines():
                     print(line, file=sys.stderr, flush=True)
             return EXIT_USAGE

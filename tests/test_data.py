@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PYTHON, REPO, clean_env
 
 from ae_dist.config import DataConfig
 from ae_dist.data import EpochBatches, Split, load_split, synthetic_split
 from ae_dist.errors import UsageError
-from conftest import PYTHON, REPO, clean_env
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

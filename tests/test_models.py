@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import torch
+from conftest import REPO, run_train
 from torch import nn
 
 from ae_dist.config import ModelConfig
 from ae_dist.models import build_model
-from conftest import REPO, run_train
 
 
 def seed_autoencoder() -> nn.Module:

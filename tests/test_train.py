@@ -9,7 +9,6 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-
 from conftest import PYTHON, REPO, TINY, clean_env, load_weights, run_train
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.pt", "recon.png", "latent.png", "loss.png", "checkpoints")
