@@ -56,7 +56,7 @@ class TrainConfig:
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
     eval_batch_size: int = _field(1000, "batch size for the test-split pass")
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
-    nan_policy: str = _field("stop", "on a NaN/Inf loss: stop (exit naming the step) | skip (drop the step's update and count it)")
+    nan_policy: str = _field("stop", "on NaN/Inf loss: stop (exit naming the step) | skip (drop that step's update, count it)")
     precision: str = _field("fp32", "fp32 | bf16 (autocast; CUDA and CPU; not bitwise comparable with fp32)")
     compile: str = _field("off", "off | default | reduce-overhead (torch.compile; first steps are slower)")
     device: str = _field("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda")
