@@ -50,7 +50,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _field(10, "number of passes over the training split")
-    batch_size: int = _field(64, "GLOBAL batch over all ranks (divisible by world size); incomplete last batch of an epoch dropped")
+    batch_size: int = _field(64, "GLOBAL batch over all ranks (divisible by world size); incomplete last batch dropped")
     seed: int = _field(0, "seed for weights, the per-epoch permutation and all RNGs")
     resume: str = _field("auto", "auto (newest complete checkpoint in run.dir) | never | PATH to a checkpoint")
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
