@@ -16,10 +16,14 @@
 #   aenode2    10.213.0.12  slurmd, netns aeslurm-aenode2
 #
 # The nodes have no default route: they reach each other and the controller, nothing else.
-# Everything else (configs, logs, pid files, spool, job state, the database) lives in the
-# state dir, ${AE_DIST_SLURM_STATE:-/tmp/ae-dist-slurm}; a system SLURM, munge or MariaDB
-# is never touched. Ports: slurmctld 16817, slurmd 16818, slurmdbd 16819; MariaDB listens
-# on a unix socket only. Must run as root (namespaces, /etc/hosts).
+# Configs, logs, pid files, spool, job state, munge key and the database live in the state
+# dir, ${AE_DIST_SLURM_STATE:-/tmp/ae-dist-slurm}, and survive stop/start (job ids keep
+# counting, sacct keeps its history). Outside it, start adds the node names to /etc/hosts
+# and, when no other SLURM is configured there, links /etc/slurm/slurm.conf to our config;
+# stop undoes both. A system SLURM, munge or MariaDB is never touched. Ports: slurmctld
+# 16817, slurmd 16818, slurmdbd 16819; MariaDB listens on a unix socket only.
+# Must run as root (namespaces, /etc/hosts). start waits up to
+# $AE_DIST_SLURM_START_TIMEOUT (default 60) seconds for both nodes to turn idle.
 set -euo pipefail
 
 STATE_DIR=${AE_DIST_SLURM_STATE:-/tmp/ae-dist-slurm}
@@ -34,6 +38,7 @@ CTLD_PORT=16817
 SLURMD_PORT=16818
 DBD_PORT=16819
 HOSTS_MARK="# ae-dist-slurm"
+SYSTEM_CONF=/etc/slurm/slurm.conf
 START_TIMEOUT=${AE_DIST_SLURM_START_TIMEOUT:-60}
 
 ETC=$STATE_DIR/etc
@@ -291,6 +296,24 @@ hosts_remove() {
   printf '%s\n' "$kept" > /etc/hosts
 }
 
+# /etc/slurm/slurm.conf -> our slurm.conf, when no other SLURM is configured here: then
+# plain sbatch / squeue work without SLURM_CONF too (shells over ssh, scrubbed environments).
+link_system_conf() {
+  if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$SLURM_CONF_FILE" ]]; then return 0; fi
+  if [[ -e $SYSTEM_CONF || -L $SYSTEM_CONF ]]; then
+    log "note: $SYSTEM_CONF belongs to another SLURM; clients need SLURM_CONF (see: cluster.sh env)"
+    return 0
+  fi
+  mkdir -p "$(dirname "$SYSTEM_CONF")"
+  ln -s "$SLURM_CONF_FILE" "$SYSTEM_CONF"
+}
+
+unlink_system_conf() {
+  if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$SLURM_CONF_FILE" ]]; then
+    rm -f "$SYSTEM_CONF"
+  fi
+}
+
 # --------------------------------------------------------------------------------------
 # Daemons
 # --------------------------------------------------------------------------------------
@@ -303,19 +326,19 @@ start_munge() {
   chown munge:munge "$MUNGE_DIR/munge.key"
   chmod 400 "$MUNGE_DIR/munge.key"
   rm -f "$MUNGE_DIR/munge.socket" "$MUNGE_DIR/munge.socket.lock"
-  # setpriv execs munged directly, so the pid munged writes is the daemon's own.
+  # setpriv execs munged directly, so $! is munged's pid. In the foreground munged logs to
+  # stderr, hence munged.out is its log.
   setsid setpriv --reuid=munge --regid=munge --init-groups \
     /usr/sbin/munged --foreground \
       --socket="$MUNGE_DIR/munge.socket" \
       --key-file="$MUNGE_DIR/munge.key" \
       --pid-file="$MUNGE_DIR/munged.pid" \
       --seed-file="$MUNGE_DIR/munged.seed" \
-      --log-file="$MUNGE_DIR/munged.log" \
-      < /dev/null >> "$LOG/munged.out" 2>&1 &
+      < /dev/null >> "$LOG/munged.out" 2>&1 9>&- &
   echo $! > "$RUN/munged.pid"
   wait_until "munged" 10 sh -c \
     "munge -n -S '$MUNGE_DIR/munge.socket' | unmunge -S '$MUNGE_DIR/munge.socket'" ||
-    { show_log "$MUNGE_DIR/munged.log" "$LOG/munged.out"; return 1; }
+    { show_log "$LOG/munged.out"; return 1; }
 }
 
 start_mysql() {
@@ -333,18 +356,18 @@ start_mysql() {
   rm -f "$MYSQL_SOCKET"
   setsid /usr/sbin/mariadbd --no-defaults --user=mysql \
     --datadir="$MYSQL_DIR/data" --socket="$MYSQL_SOCKET" --skip-networking \
-    --pid-file="$MYSQL_DIR/mariadbd.pid" --log-error="$LOG/mariadbd.log" \
+    --pid-file="$MYSQL_DIR/mariadbd.pid" \
     --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
     --innodb-log-file-size=64M --skip-log-bin \
-    < /dev/null >> "$LOG/mariadbd.out" 2>&1 &
+    < /dev/null >> "$LOG/mariadbd.out" 2>&1 9>&- &
   echo $! > "$RUN/mariadbd.pid"
   wait_until "MariaDB" 30 mariadb-admin --no-defaults --socket="$MYSQL_SOCKET" ping ||
-    { show_log "$LOG/mariadbd.log" "$LOG/mariadbd.out"; return 1; }
+    { show_log "$LOG/mariadbd.out"; return 1; }
 }
 
 start_slurmdbd() {
   MYSQL_UNIX_PORT=$MYSQL_SOCKET setsid /usr/sbin/slurmdbd -D \
-    < /dev/null >> "$LOG/slurmdbd.out" 2>&1 &
+    < /dev/null >> "$LOG/slurmdbd.out" 2>&1 9>&- &
   echo $! > "$RUN/slurmdbd.pid"
   wait_until "slurmdbd" 30 sacctmgr -n show cluster ||
     { show_log "$LOG/slurmdbd.log" "$LOG/slurmdbd.out"; return 1; }
@@ -354,7 +377,7 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-  setsid /usr/sbin/slurmctld -D < /dev/null >> "$LOG/slurmctld.out" 2>&1 &
+  setsid /usr/sbin/slurmctld -D < /dev/null >> "$LOG/slurmctld.out" 2>&1 9>&- &
   echo $! > "$RUN/slurmctld.pid"
   wait_until "slurmctld" 30 scontrol ping ||
     { show_log "$LOG/slurmctld.log" "$LOG/slurmctld.out"; return 1; }
@@ -366,7 +389,7 @@ start_slurmd() {
   # unshare exec in place, so $! ends up as slurmd's pid.
   setsid nsenter --net="/run/netns/$NETNS_PREFIX$node" \
     unshare --uts sh -c "hostname $node && exec /usr/sbin/slurmd -D -N $node" \
-    < /dev/null >> "$LOG/slurmd-$node.out" 2>&1 &
+    < /dev/null >> "$LOG/slurmd-$node.out" 2>&1 9>&- &
   echo $! > "$RUN/slurmd-$node.pid"
 }
 
@@ -394,7 +417,7 @@ all_running() {
 }
 
 summary() {
-  echo "slurm cluster '$CLUSTER_NAME' up: nodes ${NODES[*]} idle," \
+  echo "slurm cluster '$CLUSTER_NAME' up: nodes ${NODES[*]}," \
     "partitions debug (default), batch; SLURM_CONF=$SLURM_CONF_FILE"
 }
 
@@ -412,6 +435,7 @@ cmd_start() {
   cmd_stop > /dev/null 2>&1 || true
   mkdir -p "$ETC" "$RUN" "$LOG" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd"
   write_configs
+  link_system_conf
   net_up
   start_munge || fail_start
   start_mysql || fail_start
@@ -429,19 +453,21 @@ cmd_start() {
   summary
 }
 
-# A running cluster counts as up when slurmctld answers and no node is down.
+# A running cluster counts as up when slurmctld answers and every node is idle or running
+# jobs (not down, drained or unresponsive, which sinfo marks with a trailing '*').
 nodes_idle_or_busy() {
   local states
   states=$(sinfo -h -N -p debug -o '%t' 2> /dev/null) || return 1
-  [[ -n $states ]] && ! grep -qvE '^(idle|mix|alloc|comp)' <<< "$states"
+  [[ -n $states ]] && ! grep -qvE '^(idle|mix|alloc|comp)$' <<< "$states"
 }
 
 fail_start() {
   log "start failed; stopping what was started (state and logs kept in $STATE_DIR)"
-  [[ -n ${DEBUG_KEEP:-} ]] && exit 1
   cmd_stop > /dev/null 2>&1 || true
   exit 1
 }
+
+no_running_jobs() { [[ -z $(squeue -h -t R,CG -o %A) ]]; }
 
 cmd_stop() {
   [[ $(id -u) -eq 0 ]] || die "must run as root"
@@ -453,7 +479,7 @@ cmd_stop() {
     if [[ -n $jobs ]]; then
       # shellcheck disable=SC2086
       scancel $jobs 2> /dev/null || true
-      wait_until "jobs to end" 10 sh -c '[ -z "$(squeue -h -t R,CG -o %A)" ]' || true
+      wait_until "jobs to end" 10 no_running_jobs || true
     fi
   fi
   for node in "${NODES[@]}"; do stop_daemon "slurmd-$node" /usr/sbin/slurmd; done
@@ -462,6 +488,7 @@ cmd_stop() {
   stop_daemon mariadbd /usr/sbin/mariadbd
   stop_daemon munged /usr/sbin/munged
   net_down
+  unlink_system_conf
   echo "slurm cluster '$CLUSTER_NAME' stopped"
 }
 
@@ -493,9 +520,18 @@ cmd_env() {
   echo "export AE_DIST_SLURM_STATE=$STATE_DIR"
 }
 
+# with_lock COMMAND: one start/stop at a time (parallel test sessions may race here).
+# Daemons are started with fd 9 closed, so they never hold the lock.
+with_lock() {
+  mkdir -p "$STATE_DIR"
+  exec 9> "$STATE_DIR/cluster.lock"
+  flock -w 120 9 || die "another cluster.sh start/stop holds $STATE_DIR/cluster.lock"
+  "$@"
+}
+
 case ${1:-} in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) with_lock cmd_start ;;
+  stop) with_lock cmd_stop ;;
   status) cmd_status ;;
   env) cmd_env ;;
   *)

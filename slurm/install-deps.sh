@@ -51,7 +51,10 @@ if [[ ! -e $policy ]]; then
   chmod 755 "$policy"
   own_policy=1
 fi
-trap '[[ $own_policy -eq 1 ]] && rm -f "$policy"' EXIT
+remove_own_policy() {
+  if [[ $own_policy -eq 1 ]]; then rm -f "$policy"; fi
+}
+trap remove_own_policy EXIT
 
 # A fresh image often ships without package lists; an update is needed only then, or when
 # an install fails because the lists are stale.

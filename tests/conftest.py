@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers: wandb_offline, ...
 
+from slurm_fixture import slurm_cluster  # noqa: E402, F401  (the local SLURM cluster, session-wide)
+
 # A small, fast experiment: the seed's model on the bundled digits (23 steps per epoch).
 TINY = ["--config", str(REPO / "configs" / "digits.yaml"), "train.epochs=3", "train.log_every=5",
         "checkpoint.every_steps=10", "run.progress=lines"]
