@@ -1,0 +1,87 @@
+"""What each task of a submitit job runs: the torchrun variables from the job, then the trainer.
+
+submitit starts one task per GPU (or per CPU process) on every node and calls `TrainJob`
+in each. The job's own description (`submitit.JobEnvironment`: ranks, node list, job id)
+becomes RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / MASTER_ADDR / MASTER_PORT, which
+is all `ae_dist` reads. On the scheduler's pre-timeout or preemption signal the trainer
+writes a checkpoint at the next step boundary on every rank and returns; rank 0 then hands
+the signal to submitit, which requeues the same `TrainJob` (`Checkpointable`), and the
+requeued job resumes from that checkpoint in the same run folder and W&B run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import zlib
+from pathlib import Path
+
+import submitit
+
+import ae_dist
+from ae_dist import train
+from ae_dist.config import Config
+from ae_dist.errors import EXIT_USAGE, UsageError
+from ae_dist.preemption import EXIT_PREEMPTED
+
+PORT_BASE, PORT_SPAN = 20000, 20000  # the same range `ae_dist.dist` derives for a bare srun task
+SINGLE_HOST_EXECUTORS = ("local", "debug")
+
+
+def master_port(job_id: str) -> int:
+    """A port every task of one job derives alike: from the numeric job id (crc32 otherwise)."""
+    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
+    return PORT_BASE + number % PORT_SPAN
+
+
+def torchrun_env(job: submitit.JobEnvironment) -> dict[str, str]:
+    """The torchrun variables for this task of the job."""
+    master = "127.0.0.1" if job.cluster in SINGLE_HOST_EXECUTORS else job.hostnames[0]
+    return {
+        "RANK": str(job.global_rank),
+        "LOCAL_RANK": str(job.local_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_WORLD_SIZE": str(max(1, job.num_tasks // max(1, job.num_nodes))),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(master_port(job.raw_job_id)),
+    }
+
+
+def preempt_signal() -> signal.Signals:
+    """The signal submitit treats as "checkpoint and requeue" (SIGUSR2 unless overridden)."""
+    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run; all its state lives in ``config.run.dir``, so a requeue resubmits it as is."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def __call__(self) -> dict[str, object]:
+        job = submitit.JobEnvironment()
+        os.environ.update(torchrun_env(job))
+        print(f"ae-dist task {job.global_rank}/{job.num_tasks} on {socket.gethostname()} (job {job.job_id}, "
+              f"{job.cluster}); code from {Path(ae_dist.__file__).resolve().parent.parent}", flush=True)
+        try:
+            result = train.run(self.config)
+        except UsageError as err:
+            for line in err.lines():
+                print(line, file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USAGE) from None
+        except train.CheckpointFailed as err:
+            print(f"error: {err}; the previous checkpoint is intact", file=sys.stderr, flush=True)
+            raise SystemExit(train.EXIT_FAILED) from None
+        if result.status == "preempted":
+            self.hand_over(job, result.signal)
+        return {"status": result.status, "run_dir": str(result.run_dir), "step": result.step}
+
+    def hand_over(self, job: submitit.JobEnvironment, received: int) -> None:
+        """After the checkpoint: submitit's signal requeues (rank 0 asks); anything else just stops."""
+        sig = preempt_signal()
+        if received == sig and job.global_rank == 0 and job.cluster != "debug":
+            print(f"requeueing job {job.job_id}: resumes from the checkpoint just written", flush=True)
+            signal.raise_signal(sig)  # submitit's handler: self.checkpoint() -> requeue -> exit
+        raise SystemExit(EXIT_PREEMPTED)
