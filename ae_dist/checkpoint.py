@@ -4,7 +4,9 @@ A checkpoint is ``checkpoints/step_XXXXXXXX.pt`` holding everything needed to co
 exactly: the unwrapped model, the optimizer, epoch, step, the batch index inside the
 epoch, RNG states, the resolved config and the W&B run id. It is written to a temporary
 name, fsynced, then renamed, so a reader sees either the whole file or none of it.
-Loading uses ``torch.load(weights_only=True)``: a file that carries code is refused.
+Loading uses ``torch.load(weights_only=True)``: a file that carries code is refused. The
+zip's CRC-32s are checked first (torch.load does not), so bad bytes are found as well as
+a truncated file; either is reported in one line and the next older checkpoint is used.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import random
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import torch
 from ae_dist.errors import UsageError
 
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
+TEMPORARY = ".step_*.pt.tmp-*"  # a writer's file before its rename; left behind only by a killed writer
 # Config sections that must match for a checkpoint to continue this run, less what may move.
 MUST_MATCH = ("model", "data")
 MAY_DIFFER = {"data.root", "data.download"}
@@ -75,20 +79,52 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "wandb_run_id": state.wandb_run_id,
     }
     path = folder / f"step_{state.step:08d}.pt"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write_atomic(path, payload)
+    except OSError as err:
+        raise CheckpointWriteError(path, err) from err
+    for old in [*list_checkpoints(folder)[:-keep], *folder.glob(TEMPORARY)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def write_atomic(path: Path, obj: Any) -> None:
+    """torch.save ``obj`` to a temporary name beside ``path``, fsync, rename; on OSError the temporary is removed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
+            sink = _Sink(fh)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
-    except OSError as err:
+        _fsync_dir(path.parent)
+    except OSError:
         tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(path, err) from err
-    for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
+        raise
+
+
+class _Sink:
+    """The file torch.save writes to. It keeps the OSError of a failed write (a full disk), which
+    torch.save itself reports only as a RuntimeError about the zip writer's position."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.name, self.error = fh, fh.name, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 class CheckpointWriteError(OSError):
@@ -114,6 +150,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 def read(path: Path) -> dict[str, Any]:
     """Load one checkpoint with weights_only=True; raise ValueError when it is damaged."""
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad bytes, or a pickle that asks for code
@@ -122,6 +159,19 @@ def read(path: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"not an ae-dist checkpoint (missing {sorted(missing)})")
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """torch.load does not check the zip's CRC-32s, so bad bytes inside a tensor load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated (no central directory), not a zip, unreadable
+        raise ValueError(f"not a complete checkpoint ({err.__class__.__name__}: {str(err)[:80]})") from None
+    if bad is not None:
+        raise ValueError(f"bad bytes in {bad} (CRC-32 mismatch)")
 
 
 def load_latest(folder: Path, warn=lambda line: print(line, file=sys.stderr, flush=True)) -> tuple[Path, dict] | None:
@@ -153,4 +203,4 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
             key = f"{section}.{diff[0]}"
             raise UsageError(
                 f"checkpoint was made with {key}={theirs.get(diff[0])!r}, this command has {ours.get(diff[0])!r}",
-                str(path), "use the same config, another run.dir, or train.resume=never")
+                str(path), "use the same config to continue this run, or another run.dir for a new one")

@@ -125,6 +125,11 @@ AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log
               "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
 AT_LEAST_0 = ("train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
 POSITIVE = ("optim.lr", "dist.timeout_s")
+AT_MOST = {"train.batch_size": 1 << 24, "train.eval_batch_size": 1 << 24, "data.synthetic_train": 1 << 24,
+           "data.synthetic_test": 1 << 24, "model.latent_dim": 1 << 16, "train.threads": 1 << 12, "train.seed": 1 << 62,
+           "dist.timeout_s": 1e7}
+MAX_PARAMETERS = 1 << 31
+IMAGE_PIXELS = 28 * 28
 
 
 def _sections() -> dict[str, type]:
@@ -208,6 +213,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         at = f"{path}:{mark.line + 1}" if mark else str(path)
         reason = getattr(err, "problem", None) or "invalid YAML"
         raise UsageError(f"config file is not valid YAML ({reason})", at, "write plain YAML: sections of key: value") from None
+    except (RecursionError, ValueError, OverflowError) as err:  # deep nesting; a 5,000-digit integer
+        what = "nests too deeply" if isinstance(err, RecursionError) else f"holds a value YAML cannot convert ({err})"
+        raise UsageError(f"config file {what[:120]}", str(path), "write plain YAML: sections of key: value") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
@@ -274,11 +282,34 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
     for key in ("model.hidden", "model.channels"):
         if not flat[key] or any(width < 1 for width in flat[key]):
             problems.append((f"invalid value {list(flat[key])!r}", key, "use a list of integers >= 1"))
-    if flat["train.batch_size"] > 1 << 24 or flat["model.latent_dim"] > 1 << 16:
-        problems.append(("value too large", "train.batch_size / model.latent_dim", "use a realistic size"))
+    for key, most in AT_MOST.items():
+        if flat[key] > most:
+            problems.append((f"value too large ({flat[key]:.3g})", key, f"use at most {most:g}"))
+    if flat["model.name"] == "conv" and len(flat["model.channels"]) not in (1, 2):
+        problems.append((f"{len(flat['model.channels'])} conv stages", "model.channels",
+                         "use 1 or 2 stages: 28 halves evenly at most twice"))
+    elif _parameter_count(flat) > MAX_PARAMETERS:
+        key = "model.hidden" if flat["model.name"] == "mlp" else "model.channels"
+        problems.append((f"model too large ({_parameter_count(flat):.2g} weights)", key,
+                         f"keep it under {MAX_PARAMETERS:.2g} weights"))
     if not flat["run.dir"].strip():
         problems.append(("empty run folder", "run.dir", "give a folder path"))
+    for key in ("run.dir", "data.root"):
+        name = flat[key].encode("utf-8", "surrogateescape")
+        if b"\0" in name or len(name) >= 4096 or any(len(part) > 255 for part in name.split(b"/")):
+            problems.append(("not a usable path (a NUL byte, or a name too long)", key, "give a shorter folder path"))
     return problems
+
+
+def _parameter_count(flat: dict[str, Any]) -> int:
+    """About how many weights the model has (both halves), before building it."""
+    latent = flat["model.latent_dim"]
+    if flat["model.name"] == "mlp":
+        widths = [IMAGE_PIXELS, *flat["model.hidden"], latent]
+        return 2 * sum(a * b for a, b in zip(widths, widths[1:]))
+    channels = [1, *flat["model.channels"]]
+    side = 28 >> (len(channels) - 1)
+    return 2 * (sum(9 * a * b for a, b in zip(channels, channels[1:])) + channels[-1] * side * side * latent)
 
 
 def check_world_size(config: Config, world_size: int) -> None:

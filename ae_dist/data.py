@@ -182,5 +182,8 @@ class EpochBatches:
         self.sampler.set_epoch(epoch)
         order = torch.tensor(list(self.sampler), dtype=torch.int64)[: self.steps * self.local_batch]
         order = order.view(self.steps, self.local_batch).to(self.split.images.device)
+        # index_select on whole rows: one copy per batch, ~10x cheaper than images[order[k]]
+        rows = self.split.images.reshape(len(self.split), -1)
+        shape = (self.local_batch, *self.split.images.shape[1:])
         for k in range(start, self.steps):
-            yield self.split.images[order[k]].float().div_(255)
+            yield rows.index_select(0, order[k]).view(shape).float().div_(255)

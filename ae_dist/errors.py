@@ -27,7 +27,12 @@ class UsageError(Exception):
         return cls(*first, more=rest)
 
     def lines(self) -> list[str]:
-        return [f"error: {what} ({where}): {fix}" for what, where, fix in self.problems]
+        return [_printable(f"error: {what} ({where}): {fix}") for what, where, fix in self.problems]
+
+
+def _printable(line: str) -> str:
+    """One line whatever the input held: newlines and other control characters are escaped."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in line)
 
 
 def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:

@@ -4,6 +4,9 @@ Other ranks get `NullMonitor`, whose methods do nothing, so the loop never asks 
 Records are ordered by (step, kind); after a resume, records the run already holds are
 not written again, so metrics.jsonl and the W&B run see steps that only increase,
 nothing dropped and nothing duplicated (a resumed run recomputes the same values).
+A record goes to metrics.jsonl first, then to W&B. wandb-core holds its log in memory
+until a 32 KiB block fills, so a killed process loses the newest W&B records; a resumed
+run logs again, from metrics.jsonl, the records W&B does not hold.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import json
 import math
 import netrc
 import os
+import struct
 import sys
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +80,64 @@ def has_wandb_credentials() -> bool:
         return True
     host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
     try:
-        return netrc.netrc().authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+
+
+def wandb_mode(configured: str) -> str:
+    """wandb.mode if set, else WANDB_MODE, else online when credentials exist, else offline."""
+    if configured:
+        return configured
+    from_env = ENV_MODES.get(os.environ.get("WANDB_MODE", "").strip().lower())
+    if from_env:
+        return from_env
+    return "online" if has_wandb_credentials() else "offline"
+
+
+WANDB_LOG_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), version 0
+WANDB_LOG_BLOCK = 32768
+CHUNK = struct.Struct("<IHB")  # crc32 of type + data, length, type (full 1, first 2, middle 3, last 4)
+
+
+def _wandb_log_records(data: bytes) -> Iterator[bytes]:
+    """The records of one .wandb file (a LevelDB log), up to its end or its first bad chunk."""
+    if not data.startswith(WANDB_LOG_HEADER):
+        return
+    pos, parts = len(WANDB_LOG_HEADER), []
+    while True:
+        if WANDB_LOG_BLOCK - pos % WANDB_LOG_BLOCK < CHUNK.size:  # zero padding at a block's end
+            pos += WANDB_LOG_BLOCK - pos % WANDB_LOG_BLOCK
+        if pos + CHUNK.size > len(data):
+            return
+        crc, length, kind = CHUNK.unpack_from(data, pos)
+        chunk = data[pos + CHUNK.size: pos + CHUNK.size + length]
+        pos += CHUNK.size + length
+        if len(chunk) < length or kind not in (1, 2, 3, 4) or zlib.crc32(bytes([kind]) + chunk) != crc:
+            return
+        parts = [chunk] if kind in (1, 2) else [*parts, chunk]
+        if kind in (1, 4):
+            yield b"".join(parts)
+
+
+def offline_logged_through(wandb_dir: Path, run_id: str) -> tuple[int, int]:
+    """(step, kind) of the newest record that the run's offline W&B logs hold on disk."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    last = (-1, -1)
+    for path in wandb_dir.glob(f"offline-run-*/run-{run_id}.wandb"):
+        for payload in _wandb_log_records(path.read_bytes()):
+            record = Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") == "history":
+                sections = {(item.nested_key[0] if item.nested_key else item.key).split("/")[0]
+                            for item in record.history.item}
+                kind = max((KIND_ORDER[s] for s in sections if s in KIND_ORDER), default=-1)
+                last = max(last, (record.history.step.num, kind))
+    return last
 
 
 def run_group_and_name(cfg: WandbConfig, run_dir: Path) -> tuple[str | None, str]:
@@ -97,6 +158,7 @@ class WandbRun:
 
         group, name = run_group_and_name(cfg, run_dir)
         self.wandb = wandb
+        holds = offline_logged_through(run_dir / "wandb", run_id) if mode == "offline" else None
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity or None, group=group, name=name, id=run_id,
             resume="allow", config=config, dir=str(run_dir), mode=mode,
@@ -105,14 +167,25 @@ class WandbRun:
             settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, disable_git=True,
                                     save_code=False, x_save_requirements=False, silent=True),
         )
+        # What this W&B run already holds: a resumed online run continues at the server's step.
+        self.logged_through = holds if holds is not None else (self.run.step - 1, max(KIND_ORDER.values()))
         if mode == "offline":
             print(f"W&B: offline run {run_id} in {self.run.dir.rsplit('/files', 1)[0]}; "
                   f"upload it with: wandb sync {run_dir}/wandb/offline-run-*", file=sys.stderr, flush=True)
 
-    def log(self, step: int, values: dict[str, Any], images: dict[str, Path]) -> None:
-        data = dict(values)
+    def log(self, record: dict[str, Any], images: dict[str, Path]) -> None:
+        data = {f"{record['kind']}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
         data.update({key: self.wandb.Image(str(path)) for key, path in images.items()})
-        self.run.log(data, step=step)
+        self.run.log(data, step=record["step"])
+
+    def log_missing(self, records: list[dict[str, Any]]) -> None:
+        """Log again the records a killed run wrote to metrics.jsonl but never got into W&B."""
+        missing = [r for r in records if _key(r) > self.logged_through]
+        for record in missing:
+            self.log(record, {})
+        if missing:
+            print(f"W&B: logged {len(missing)} records again (steps {missing[0]['step']}-{missing[-1]['step']}) "
+                  f"that a stopped run had not saved", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.run.finish()
@@ -124,16 +197,17 @@ class Monitor:
     def __init__(self, run_dir: Path, wandb_cfg: WandbConfig, run_id: str, config: dict[str, Any], epochs: int):
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")
         self.epochs = epochs
-        mode = wandb_cfg.mode or ("online" if has_wandb_credentials() else "offline")
+        mode = wandb_mode(wandb_cfg.mode)
         self.wandb = WandbRun(wandb_cfg, mode, run_dir, run_id, config) if mode != "disabled" else None
+        if self.wandb is not None:
+            self.wandb.log_missing(read_metrics(self.metrics.path))
 
     def log(self, record: dict[str, Any], images: dict[str, Path] | None = None) -> None:
         if not self.metrics.is_new(record):
             return
+        self.metrics.write(record)  # first: W&B then never holds a record that metrics.jsonl lacks
         if self.wandb is not None:
-            values = {f"{record['kind']}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
-            self.wandb.log(record["step"], values, images or {})
-        self.metrics.write(record)
+            self.wandb.log(record, images or {})
 
     def epoch_line(self, record: dict[str, Any]) -> None:
         print(f"epoch {record['epoch']}/{self.epochs}, loss: {record['train_loss']:.4f}, "

@@ -15,9 +15,14 @@ import torch  # noqa: E402
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: leave no partial picture behind
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, path: Path, title: str = "") -> None:

@@ -13,6 +13,7 @@ failures (a diverged loss, a lost rank).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import secrets
@@ -26,13 +27,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ae_dist import checkpoint, data, engine, plots
 from ae_dist.config import Config, check_world_size, dump_yaml, help_text, load_config, to_dict
-from ae_dist.dist import DistInfo, barrier, cpu_threads, distributed, read_env
-from ae_dist.errors import UsageError, exits_on_usage_error
+from ae_dist.dist import DistInfo, PeerLost, RendezvousFailed, barrier, cpu_threads, distributed, read_env
+from ae_dist.errors import EXIT_USAGE, UsageError, exits_on_usage_error
 from ae_dist.loggers import Monitor, NullMonitor, Progress, read_metrics
 from ae_dist.models import build_model
 from ae_dist.preemption import EXIT_PREEMPTED, StopSignals
 
 EXIT_FAILED = 1
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 PICTURE_COUNT = 10
 
 
@@ -59,8 +61,6 @@ class Trainer:
         self.run_dir = Path(config.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resolved = to_dict(config)
-        if info.is_main:
-            prepare_run_dir(self.run_dir, config)
         torch.manual_seed(config.train.seed)
         self.train_split, self.test_split = load_data(config, info)
         self.raw_model = build_model(config.model).to(info.device)
@@ -68,25 +68,34 @@ class Trainer:
         self.state = checkpoint.TrainState()
         self.last_saved_step = -1
         self.resume()
+        if info.is_main:  # after resume(): a command refused there leaves the run's config.yaml as it was
+            prepare_run_dir(self.run_dir, config)
 
     def resume(self) -> None:
         mode = self.config.train.resume
         if mode == "never":
+            if checkpoint.list_checkpoints(self.ckpt_dir) or read_metrics(self.run_dir / "metrics.jsonl"):
+                raise UsageError("train.resume=never, but the run folder already holds a run", str(self.run_dir),
+                                 "continue it with train.resume=auto, or start over in an empty run.dir")
             found = None
         elif mode == "auto":
             found = checkpoint.load_latest(self.ckpt_dir, warn=self._warn)
         else:
             found = checkpoint.load_path(Path(mode))
+        own_run_id = read_run_info(self.run_dir).get("wandb_run_id", "")
         if found is None:
-            self.state.wandb_run_id = read_run_info(self.run_dir).get("wandb_run_id", "")
+            self.state.wandb_run_id = own_run_id
             return
         path, saved = found
         checkpoint.check_compatible(saved["config"], self.resolved, path)
         self.raw_model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         checkpoint.set_rng_state(saved["rng"])
+        # A checkpoint of another run folder (train.resume=PATH) starts this folder's own W&B run.
+        ours = path.resolve().parent == self.ckpt_dir.resolve()
         self.state = checkpoint.TrainState(saved["epoch"], saved["batch"], saved["step"],
-                                           saved.get("wandb_run_id", ""), saved.get("skipped_steps", 0))
+                                           saved.get("wandb_run_id", "") if ours else own_run_id,
+                                           saved.get("skipped_steps", 0))
         self.last_saved_step = self.state.step
         self._say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.step})")
 
@@ -103,22 +112,28 @@ class Trainer:
         self.monitor = self.open_monitor()
         progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), self.info.is_main, cfg.train.log_every)
         progress.start_at(self.state.step)
+        # Signals stay caught through the clean-up below: torchrun repeats SIGTERM to a rank still closing W&B.
+        with StopSignals(self.info) as stop:
+            return self.train_epochs(model, batches, progress, stop)
+
+    def train_epochs(self, model: torch.nn.Module, batches: data.EpochBatches, progress: Progress,
+                     stop: StopSignals) -> RunResult:
+        cfg = self.config
         try:
-            with StopSignals(self.info) as stop:
-                while self.state.epoch < cfg.train.epochs:
-                    result = engine.train_one_epoch(
-                        model, self.optimizer, batches, self.state, cfg.train, self.info, stop,
-                        on_step=lambda loss: self.on_step(loss, progress), checkpoint_due=self.maybe_checkpoint)
-                    if result.stopped_by:
-                        self.save()
-                        self._say(f"stopped by signal {result.stopped_by} at step {self.state.step}; "
-                                  f"checkpoint written, run the same command to continue")
-                        return RunResult("preempted", self.run_dir, self.state.step, result.stopped_by)
-                    self.end_epoch(result)
+            while self.state.epoch < cfg.train.epochs:
+                result = engine.train_one_epoch(
+                    model, self.optimizer, batches, self.state, cfg.train, self.info, stop,
+                    on_step=lambda loss: self.on_step(loss, progress), checkpoint_due=self.checkpoint_due,
+                    save_checkpoint=self.save)
+                if result.stopped_by:
+                    self.save()
+                    self._say(f"stopped by signal {result.stopped_by} at step {self.state.step}; "
+                              f"checkpoint written, run the same command to continue")
+                    return RunResult("preempted", self.run_dir, self.state.step, result.stopped_by)
+                self.end_epoch(result)
         except engine.Diverged as err:
-            raise UsageError(str(err), "train.nan_policy",
-                             f"lower optim.lr or use train.nan_policy=skip; newest checkpoint in {self.ckpt_dir} "
-                             "is the last good state") from None
+            raise Diverged(f"error: {err} (train.nan_policy={cfg.train.nan_policy}): lower optim.lr or use "
+                           f"train.nan_policy=skip; the newest checkpoint in {self.ckpt_dir} is the last good state") from None
         finally:
             progress.close()
             self.monitor.close()
@@ -151,10 +166,9 @@ class Trainer:
             self.monitor.log({"kind": "train", "step": self.state.step, "epoch": self.state.epoch + 1,
                               "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
 
-    def maybe_checkpoint(self) -> None:
+    def checkpoint_due(self, step: int) -> bool:
         every = self.config.checkpoint.every_steps
-        if every and self.state.step % every == 0:
-            self.save()
+        return bool(every) and step % every == 0
 
     def end_epoch(self, result: engine.EpochResult) -> None:
         cfg = self.config
@@ -178,7 +192,7 @@ class Trainer:
                 checkpoint.save(self.ckpt_dir, self.raw_model, self.optimizer, self.state, self.resolved,
                                 self.config.checkpoint.keep)
             except checkpoint.CheckpointWriteError as err:
-                raise CheckpointFailed(str(err)) from None
+                raise CheckpointFailed(err.strerror) from None
         self.last_saved_step = self.state.step
 
     def draw_pictures(self) -> dict[str, Path]:
@@ -196,9 +210,8 @@ class Trainer:
 
     def finish(self) -> None:
         """Final weights (a plain state_dict, no wrapper prefixes), pictures, loss curve."""
-        tmp = self.run_dir / ".model.pt.tmp"
-        torch.save({k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}, tmp)
-        os.replace(tmp, self.run_dir / "model.pt")
+        checkpoint.write_atomic(self.run_dir / "model.pt",
+                                {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()})
         self.draw_pictures()
         plots.draw_loss(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
         self._say(f"done: {self.run_dir} (model.pt, recon.png, latent.png, loss.png, metrics.jsonl)")
@@ -214,6 +227,10 @@ class Trainer:
 
 class CheckpointFailed(RuntimeError):
     pass
+
+
+class Diverged(RuntimeError):
+    """The loss went NaN/Inf under train.nan_policy=stop; the message is one ``error:`` line naming the step."""
 
 
 def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
@@ -280,7 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(config)
     except CheckpointFailed as err:
-        print(f"error: {err}; the previous checkpoint is intact", file=sys.stderr, flush=True)
+        print(f"error: {err} (run.dir): the previous checkpoint is intact; free space, then run the same command "
+              "to resume", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except (PeerLost, Diverged) as err:
+        print(err, file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except RendezvousFailed as err:
+        print(err, file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except OSError as err:  # metrics.jsonl, pictures, model.pt or W&B files on a full or failed disk
+        if err.errno not in DISK_ERRORS:
+            raise
+        print(f"error: cannot write {err.filename or config.run.dir}: {err.strerror} (run.dir): the newest "
+              "checkpoint is intact; free space, then run the same command to resume", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return EXIT_PREEMPTED if result.status == "preempted" else 0
 
