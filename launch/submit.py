@@ -26,7 +26,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from ae_dist.config import Config, build_config, check_world_size, to_flat
 from ae_dist.errors import UsageError
-from ae_dist.loggers import has_wandb_credentials
+from ae_dist.loggers import wandb_mode
 from ae_dist.train import read_run_info, write_run_info
 from launch.job import TrainJob
 from launch.jobs import Record, Run, finished, remember, states
@@ -239,7 +239,7 @@ def submit(request: Request, runs: list[Config]) -> tuple[Record, list[submitit.
         host=socket.gethostname(), request=request.describe(), tasks=request.world_size,
         wandb_project=runs[0].wandb.project,
         wandb_group=runs[0].wandb.group or (f"slurm-{main_id}" if request.executor == "slurm" else ""),
-        wandb_mode=runs[0].wandb.mode or ("online" if has_wandb_credentials() else "offline"),
+        wandb_mode=wandb_mode(runs[0].wandb.mode),
         runs=[Run(job.job_id, config.run.dir, run_id,
                   [str(JobPaths(folder, job.job_id, task).stdout) for task in range(request.world_size)])
               for job, config, run_id in zip(jobs, runs, ids)])
