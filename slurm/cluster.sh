@@ -26,7 +26,7 @@
 # $AE_DIST_SLURM_START_TIMEOUT (default 60) seconds for both nodes to turn idle.
 set -euo pipefail
 
-STATE_DIR=${AE_DIST_SLURM_STATE:-/tmp/ae-dist-slurm}
+STATE_DIR=$(realpath -m "${AE_DIST_SLURM_STATE:-/tmp/ae-dist-slurm}")
 CLUSTER_NAME=aedist
 NODES=(aenode1 aenode2)
 NODE_ADDRS=(10.213.0.11 10.213.0.12)
@@ -528,6 +528,10 @@ with_lock() {
   flock -w 120 9 || die "another cluster.sh start/stop holds $STATE_DIR/cluster.lock"
   "$@"
 }
+
+# Daemons inherit the working directory: start them from one that outlives the caller's
+# (a test's temporary folder would vanish, and slurmstepd then fails to get its cwd).
+cd /
 
 case ${1:-} in
   start) with_lock cmd_start ;;
