@@ -58,7 +58,8 @@ class TrainConfig:
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
     nan_policy: str = _field("stop", "on NaN/Inf loss: stop (exit naming the step) | skip (drop that step's update, count it)")
     precision: str = _field("fp32", "fp32 | bf16 (autocast; CUDA and CPU; not bitwise comparable with fp32)")
-    compile: str = _field("off", "off | default | reduce-overhead (torch.compile; first steps are slower)")
+    compile: str = _field("off", "off | default | reduce-overhead (torch.compile; the latter with CUDA graphs; first steps "
+                                 "slower; on CPU resumes bitwise, results differ from off in the last bits)")
     device: str = _field("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda")
 
 
@@ -66,7 +67,8 @@ class TrainConfig:
 class OptimConfig:
     lr: float = _field(1e-3, "Adam learning rate")
     weight_decay: float = _field(1e-5, "Adam weight decay (L2, as torch.optim.Adam)")
-    impl: str = _field("auto", "Adam implementation: auto | fused | foreach | loop")
+    impl: str = _field("auto", "Adam: auto (fused where the device has it, CPU included) | fused | foreach | loop; "
+                               "each resumes bitwise, they differ in the last bits")
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistConfig:
     timeout_s: float = _field(300.0, "seconds a rank waits on the others in a collective before giving up")
-    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here)")
-    bucket_view: bool = _field(True, "DDP gradient_as_bucket_view (saves a gradient copy)")
+    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here); resumes bitwise either way")
+    bucket_view: bool = _field(True, "DDP gradient_as_bucket_view (saves a gradient copy); resumes bitwise either way")
 
 
 @dataclass(frozen=True)

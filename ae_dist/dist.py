@@ -4,6 +4,12 @@ torchrun exports RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / MASTER_ADDR
 MASTER_PORT; an `srun` task without them is read from SLURM_PROCID / SLURM_LOCALID /
 SLURM_NTASKS / SLURM_NTASKS_PER_NODE and the first host of SLURM_JOB_NODELIST. A plain
 `python -m ae_dist.train` is world size 1 and creates no process group.
+
+The ranks meet in the rendezvous store (rank 0's, or torchrun's agent's) under a key
+prefix new for each start, so workers that torchrun restarts never read their killed
+predecessors' addresses. Each rank beats a heartbeat into the store from a thread; when a
+collective fails (gloo's timeout, a closed connection), the heartbeats name the rank that
+went silent (ae_dist.liveness), and the command ends with that one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +20,14 @@ import os
 import re
 import socket
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ae_dist.errors import UsageError
+from ae_dist.liveness import Heartbeat, peer_lost, within
 
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -130,7 +134,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo
     if missing:
         raise UsageError(f"WORLD_SIZE={world_size} but {' and '.join(missing)} unset", missing[0],
                          "start through torchrun, srun or python -m launch, which set them")
-    os.environ.update({key: env[key] for key in TORCHRUN_KEYS if key in env})  # init_process_group reads these
+    os.environ.update({key: env[key] for key in TORCHRUN_KEYS if key in env})  # for whatever else reads them
     if rank == 0 and "TORCHELASTIC_RUN_ID" not in env:  # torchrun's agent already owns the store port
         _check_port_free(env["MASTER_ADDR"], int(env["MASTER_PORT"]))
     backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -139,7 +143,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo
     store, prefix = _open_store(env, rank, world_size, timeout_s)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
-    heartbeat = Heartbeat(env, prefix, rank, world_size, timeout_s)
+    heartbeat = Heartbeat(env["MASTER_ADDR"], int(env["MASTER_PORT"]), _store_host(env), prefix, rank, world_size,
+                          timeout_s)
     return DistInfo(rank, local_rank, world_size, local_world_size, dev, backend, heartbeat)
 
 
@@ -157,39 +162,12 @@ def distributed(device: str = "auto", timeout_s: float = 300.0) -> Iterator[Dist
     try:
         yield info
     except RuntimeError as err:
-        lost = _peer_lost(err, info, timeout_s)
+        lost = peer_lost(err, info.heartbeat)
         if lost is None:
             raise
         raise lost from None
     finally:
         teardown(info)
-
-
-T = TypeVar("T")
-
-
-def _within(seconds: float, make: Callable[[], T]) -> T:
-    """``make()`` run in a thread; TimeoutError if it has not returned after ``seconds``.
-
-    A TCPStore client whose server accepts the connection but never answers (another
-    program on the port, a stopped process) blocks in its constructor with no timeout.
-    """
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = make()
-        except Exception as err:  # handed to the caller below
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="ae-dist-store-connect", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    if "value" not in box:
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    return box["value"]  # type: ignore[return-value]
 
 
 def _store_host(env: dict[str, str]) -> str:
@@ -208,7 +186,7 @@ def _open_store(env: dict[str, str], rank: int, world_size: int, timeout_s: floa
     addr, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
     hosts = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     try:
-        store = _within(timeout_s + 10, lambda: dist.TCPStore(
+        store = within(timeout_s + 2, lambda: dist.TCPStore(
             addr, port, world_size, is_master=hosts, timeout=datetime.timedelta(seconds=timeout_s), multi_tenant=True))
     except (TimeoutError, dist.DistError):
         what = (f"rank 0 waited {timeout_s:g} s for the other {world_size - 1} ranks to connect to {addr}:{port}" if hosts
@@ -223,82 +201,6 @@ def _open_store(env: dict[str, str], rank: int, world_size: int, timeout_s: floa
 class RendezvousFailed(RuntimeError):
     """This rank could not join the others (bad input: exit 2); the message is one ``error:`` line,
     said by the rank that failed, whichever it is."""
-
-
-class PeerLost(RuntimeError):
-    """A collective failed because a rank stopped answering; the message is one ``error:`` line naming it."""
-
-
-PEER_FAILURE_SIGNS = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer",
-                      "Broken pipe", "pair closure")
-
-
-class Heartbeat:
-    """Each rank bumps its own counter in the rendezvous store, from a thread, every ``interval`` s.
-
-    Nothing on the training path waits for it. When a collective fails, `silent_ranks`
-    watches the counters for three intervals: a rank whose counter stands still has stopped
-    (crashed, SIGSTOP, a frozen node). When the store itself does not answer, its host
-    (rank 0, or torchrun's agent) is the silent one.
-    """
-
-    def __init__(self, env: dict[str, str], prefix: str, rank: int, world_size: int, timeout_s: float):
-        self.addr, self.port, self.host = env["MASTER_ADDR"], int(env["MASTER_PORT"]), _store_host(env)
-        self.prefix, self.rank, self.world_size, self.timeout_s = prefix, rank, world_size, timeout_s
-        self.interval = min(2.0, max(0.2, timeout_s / 10))
-        self._stopped = threading.Event()
-        threading.Thread(target=self._beat, name="ae-dist-heartbeat", daemon=True).start()
-
-    def _client(self) -> dist.Store:
-        store = dist.TCPStore(self.addr, self.port, is_master=False, timeout=datetime.timedelta(seconds=self.timeout_s))
-        return dist.PrefixStore(self.prefix, store)
-
-    def _beat(self) -> None:
-        try:
-            store = self._client()
-            while not self._stopped.is_set():
-                store.add(f"heartbeat/{self.rank}", 1)
-                self._stopped.wait(self.interval)
-        except Exception:  # the store is gone (the run ended or its host died); the main thread reports
-            return
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def silent_ranks(self) -> list[int] | None:
-        """Other ranks whose counter stood still for three intervals; None when the store does not answer."""
-
-        def watch() -> list[int]:
-            store = self._client()
-            keys = [f"heartbeat/{r}" for r in range(self.world_size)]
-            before = [store.add(key, 0) for key in keys]
-            time.sleep(3 * self.interval)
-            after = [store.add(key, 0) for key in keys]
-            return [r for r in range(self.world_size) if r != self.rank and after[r] == before[r]]
-
-        try:
-            return _within(3 * self.interval + min(10.0, self.timeout_s), watch)
-        except (TimeoutError, RuntimeError):
-            return None
-
-
-def _peer_lost(err: RuntimeError, info: DistInfo, timeout_s: float) -> PeerLost | None:
-    """Name the silent rank(s) behind a failed collective; None when ``err`` is something else."""
-    text = str(err)
-    if info.heartbeat is None or isinstance(err, PeerLost) or not (
-            isinstance(err, dist.DistError) or any(sign in text for sign in PEER_FAILURE_SIGNS)):
-        return None
-    cause = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else "").split(". ")[0][:100]
-    silent = info.heartbeat.silent_ranks()
-    if silent is None:
-        what = f"{info.heartbeat.host} stopped answering: its rendezvous store is silent too"
-    elif silent:
-        what = f"rank {', '.join(map(str, silent))} stopped answering: no heartbeat"
-    else:
-        what = "a collective failed although every rank still has a heartbeat (a rank slower than the timeout?)"
-    return PeerLost(f"error: {what}; rank {info.rank} gave up ({cause}) (dist.timeout_s={timeout_s:g}): "
-                    "the newest checkpoint is intact; run the same command to resume, and find out what stopped "
-                    "that rank (or raise dist.timeout_s if it was only slow)")
 
 
 def all_reduce_(tensor: torch.Tensor, info: DistInfo, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:

@@ -40,7 +40,10 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # A process stopping for a signal ignores repeats on its way out (torchrun sends SIGTERM to
+            # every worker once one has exited); a handler that someone else installed comes back.
+            stopping = self.received and handler in (signal.SIG_DFL, None)
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
 
     def should_stop(self, step: int, force_check: bool = False) -> int:
         """The signal number some rank received (0: none); collective every CHECK_EVERY_STEPS."""
@@ -49,7 +52,8 @@ class StopSignals:
         if not force_check and step % CHECK_EVERY_STEPS:
             return 0
         flag = torch.tensor([self.received], dtype=torch.int64, device=self._flag_device())
-        return int(all_reduce_(flag, self.info, torch.distributed.ReduceOp.MAX).item())
+        self.received = int(all_reduce_(flag, self.info, torch.distributed.ReduceOp.MAX).item())
+        return self.received
 
     def _flag_device(self) -> torch.device:
         return self.info.device if self.info.backend == "nccl" else torch.device("cpu")

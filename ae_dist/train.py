@@ -7,7 +7,10 @@
 Running the same command again with the same run.dir resumes from the newest complete
 checkpoint, or says the run is complete. Exit status: 0 done, 2 bad input, 75 stopped
 by a signal after writing a checkpoint (run the same command again to continue), 1 other
-failures (a diverged loss, a lost rank).
+failures (a diverged loss, a rank that stopped answering, a full disk), each said in one
+`error:` line. Under torchrun each worker exits with these; torchrun itself exits 1 for any
+non-zero worker (its report lists `exitcode : 75` per rank) or when SIGTERM reaches torchrun
+itself, and with --max-restarts it starts the workers again, which resume from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ae_dist import checkpoint, data, engine, plots
 from ae_dist.config import Config, check_world_size, dump_yaml, help_text, load_config, to_dict
-from ae_dist.dist import DistInfo, PeerLost, RendezvousFailed, barrier, cpu_threads, distributed, read_env
+from ae_dist.dist import DistInfo, RendezvousFailed, barrier, cpu_threads, distributed, read_env
 from ae_dist.errors import EXIT_USAGE, UsageError, exits_on_usage_error
+from ae_dist.liveness import PeerLost
 from ae_dist.loggers import Monitor, NullMonitor, Progress, read_metrics
 from ae_dist.models import build_model
 from ae_dist.preemption import EXIT_PREEMPTED, StopSignals
@@ -112,25 +116,19 @@ class Trainer:
         self.monitor = self.open_monitor()
         progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), self.info.is_main, cfg.train.log_every)
         progress.start_at(self.state.step)
-        # Signals stay caught through the clean-up below: torchrun repeats SIGTERM to a rank still closing W&B.
-        with StopSignals(self.info) as stop:
-            return self.train_epochs(model, batches, progress, stop)
-
-    def train_epochs(self, model: torch.nn.Module, batches: data.EpochBatches, progress: Progress,
-                     stop: StopSignals) -> RunResult:
-        cfg = self.config
         try:
-            while self.state.epoch < cfg.train.epochs:
-                result = engine.train_one_epoch(
-                    model, self.optimizer, batches, self.state, cfg.train, self.info, stop,
-                    on_step=lambda loss: self.on_step(loss, progress), checkpoint_due=self.checkpoint_due,
-                    save_checkpoint=self.save)
-                if result.stopped_by:
-                    self.save()
-                    self._say(f"stopped by signal {result.stopped_by} at step {self.state.step}; "
-                              f"checkpoint written, run the same command to continue")
-                    return RunResult("preempted", self.run_dir, self.state.step, result.stopped_by)
-                self.end_epoch(result)
+            with StopSignals(self.info) as stop:
+                while self.state.epoch < cfg.train.epochs:
+                    result = engine.train_one_epoch(
+                        model, self.optimizer, batches, self.state, cfg.train, self.info, stop,
+                        on_step=lambda loss: self.on_step(loss, progress), checkpoint_due=self.checkpoint_due,
+                        save_checkpoint=self.save)
+                    if result.stopped_by:
+                        self.save()
+                        self._say(f"stopped by signal {result.stopped_by} at step {self.state.step}; "
+                                  f"checkpoint written, run the same command to continue")
+                        return RunResult("preempted", self.run_dir, self.state.step, result.stopped_by)
+                    self.end_epoch(result)
         except engine.Diverged as err:
             raise Diverged(f"error: {err} (train.nan_policy={cfg.train.nan_policy}): lower optim.lr or use "
                            f"train.nan_policy=skip; the newest checkpoint in {self.ckpt_dir} is the last good state") from None
