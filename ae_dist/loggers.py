@@ -103,9 +103,19 @@ WANDB_LOG_BLOCK = 32768
 CHUNK = struct.Struct("<IHB")  # crc32 of type + data, length, type (full 1, first 2, middle 3, last 4)
 
 
-def _wandb_log_records(data: bytes) -> Iterator[bytes]:
-    """The records of one .wandb file (a LevelDB log), up to its end or its first bad chunk."""
+def wandb_log_records(data: bytes, strict: bool = False) -> Iterator[bytes]:
+    """The records of one .wandb file (a LevelDB log), up to its end or its first bad chunk.
+
+    A tail cut short by a live or killed writer ends the records; with ``strict``, a bad header,
+    checksum or chunk order raises ValueError instead.
+    """
+    def bad(what: str) -> Iterator[bytes]:
+        if strict:
+            raise ValueError(what)
+        return iter(())
+
     if not data.startswith(WANDB_LOG_HEADER):
+        yield from bad(f"not a W&B log (header {data[:7]!r})")
         return
     pos, parts = len(WANDB_LOG_HEADER), []
     while True:
@@ -115,12 +125,19 @@ def _wandb_log_records(data: bytes) -> Iterator[bytes]:
             return
         crc, length, kind = CHUNK.unpack_from(data, pos)
         chunk = data[pos + CHUNK.size: pos + CHUNK.size + length]
-        pos += CHUNK.size + length
-        if len(chunk) < length or kind not in (1, 2, 3, 4) or zlib.crc32(bytes([kind]) + chunk) != crc:
+        at, pos = pos, pos + CHUNK.size + length
+        if len(chunk) < length:
+            return
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            yield from bad(f"bad checksum at byte {at}")
+            return
+        if kind not in (1, 2, 3, 4) or (kind in (3, 4) and not parts):
+            yield from bad(f"unexpected chunk type {kind} at byte {at}")
             return
         parts = [chunk] if kind in (1, 2) else [*parts, chunk]
         if kind in (1, 4):
             yield b"".join(parts)
+            parts = []
 
 
 def offline_logged_through(wandb_dir: Path, run_id: str) -> tuple[int, int]:
@@ -129,7 +146,7 @@ def offline_logged_through(wandb_dir: Path, run_id: str) -> tuple[int, int]:
 
     last = (-1, -1)
     for path in wandb_dir.glob(f"offline-run-*/run-{run_id}.wandb"):
-        for payload in _wandb_log_records(path.read_bytes()):
+        for payload in wandb_log_records(path.read_bytes()):
             record = Record()
             record.ParseFromString(payload)
             if record.WhichOneof("record_type") == "history":

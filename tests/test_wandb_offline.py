@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from wandb_offline import (
-    BLOCK,
     find_wandb_files,
     merge_runs,
     read_records,
     read_run,
     read_runs,
 )
+
+from ae_dist.loggers import WANDB_LOG_BLOCK
 
 RUN_ID = "aetest01"
 FAKE_KEY = "fake-secret-1234567890abcdef1234567890abcdef12345678"
@@ -98,7 +99,7 @@ def test_finds_one_file_per_session(root: Path) -> None:
 
 def test_read_records_reassembles_blocks(root: Path) -> None:
     first = read_runs(root)[0].path
-    assert first.stat().st_size > 2 * BLOCK
+    assert first.stat().st_size > 2 * WANDB_LOG_BLOCK
     records = read_records(first)
     kinds = [r.WhichOneof("record_type") for r in records]
     assert kinds[0] == "header" and "run" in kinds and kinds[-1] == "exit"
@@ -155,5 +156,5 @@ def test_damaged_file_is_reported(root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad checksum"):
         read_records(damaged)
     damaged.write_bytes(b"not a wandb file")
-    with pytest.raises(ValueError, match="not a wandb log"):
+    with pytest.raises(ValueError, match="not a W&B log"):
         read_records(damaged)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,43 +23,15 @@ from typing import Any
 
 from wandb.proto.wandb_internal_pb2 import HistoryItem, Record
 
-FILE_HEADER = struct.Struct("<4sHB")
-IDENT, MAGIC, VERSION = b":W&B", 0xBEE1, 0
-CHUNK_HEADER = struct.Struct("<IHB")
-BLOCK = 32768
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+from ae_dist.loggers import wandb_log_records
 
 
 def _payloads(data: bytes, path: Path) -> Iterable[bytes]:
-    """Yield the reassembled record payloads of a whole .wandb file."""
-    if len(data) < FILE_HEADER.size:
-        raise ValueError(f"{path}: too short for a wandb header")
-    ident, magic, version = FILE_HEADER.unpack_from(data)
-    if (ident, magic, version) != (IDENT, MAGIC, VERSION):
-        raise ValueError(f"{path}: not a wandb log (header {data[:7]!r})")
-    pos = FILE_HEADER.size
-    parts: list[bytes] = []
-    while True:
-        if BLOCK - pos % BLOCK < CHUNK_HEADER.size:  # zero padding at the block end
-            pos += BLOCK - pos % BLOCK
-        if pos + CHUNK_HEADER.size > len(data):
-            return  # end of file (a tail cut short by a live writer is ignored)
-        crc, length, kind = CHUNK_HEADER.unpack_from(data, pos)
-        at, start, pos = pos, pos + CHUNK_HEADER.size, pos + CHUNK_HEADER.size + length
-        if pos > len(data):
-            return
-        chunk = data[start:pos]
-        if zlib.crc32(bytes([kind]) + chunk) != crc:
-            raise ValueError(f"{path}: bad checksum at byte {at}")
-        if kind in (FULL, FIRST):
-            parts = [chunk]
-        elif kind in (MIDDLE, LAST) and parts:
-            parts.append(chunk)
-        else:
-            raise ValueError(f"{path}: unexpected chunk type {kind} at byte {at}")
-        if kind in (FULL, LAST):
-            yield b"".join(parts)
-            parts = []
+    """The reassembled record payloads of a whole .wandb file; damage raises ValueError."""
+    try:
+        yield from wandb_log_records(data, strict=True)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def read_records(path: str | os.PathLike[str]) -> list[Record]:
