@@ -39,6 +39,8 @@ class TrainState:
     step: int = 0  # optimizer steps taken since the start of the run
     wandb_run_id: str = ""
     skipped_steps: int = 0  # steps dropped by train.nan_policy=skip
+    epoch_loss_sum: float = 0.0  # this epoch's losses so far, summed over every rank's steps
+    epoch_loss_count: int = 0  # how many (rank, step) losses that sum holds
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,6 +76,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "batch": state.batch,
         "step": state.step,
         "skipped_steps": state.skipped_steps,
+        "epoch_loss": [state.epoch_loss_sum, state.epoch_loss_count],
         "rng": rng_state(),
         "config": config,
         "wandb_run_id": state.wandb_run_id,

@@ -1,7 +1,8 @@
 """The steps of training: one epoch, one evaluation, the optimizer.
 
 Nothing here reads the loss back to the host except at logging steps: the epoch's loss
-is summed on the device and all-reduced once at the end of the epoch.
+is summed on the device and all-reduced at checkpoints and at the end of the epoch, so
+an epoch resumed mid-way still reports the mean over all of its steps.
 """
 
 from __future__ import annotations
@@ -103,7 +104,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
     model.train()
     optimizer_step = FusedAdamStep(optimizer)
     window = LossWindow(info.device)
-    done, started = 0, time.perf_counter()
+    done, trained, started = 0, 0, time.perf_counter()
+
+    def fold() -> None:
+        """Add every rank's losses since the last fold to the epoch's sums in ``state`` (checkpointed)."""
+        nonlocal done
+        totals = all_reduce_(torch.stack([window.total, torch.tensor(float(done), dtype=torch.float64,
+                                                                     device=info.device)]), info)
+        state.epoch_loss_sum += float(totals[0])
+        state.epoch_loss_count += int(totals[1])
+        window.total.zero_()
+        done = 0
+
     for images in batches.epoch(state.epoch, start=state.batch):
         with autocast(cfg, info.device):
             loss = F.mse_loss(model(images).float(), images)
@@ -117,22 +129,25 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
             optimizer_step()
             window.add(loss, state.step)
             done += 1
+            trained += 1
         logging = state.step % cfg.log_every == 0
         saving = checkpoint_due(state.step)
         if logging or saving:
             window.check(info)
         on_step(float(loss.detach()) if logging else None)
         if saving:
+            fold()
             save_checkpoint()
         stopped_by = stop.should_stop(state.step)
         if stopped_by:
             window.check(info)  # the caller saves a checkpoint next
+            fold()
             return EpochResult(float("nan"), 0.0, stopped_by)
     elapsed = time.perf_counter() - started
     window.check(info)
-    totals = all_reduce_(torch.stack([window.total, torch.tensor(float(done), dtype=torch.float64, device=info.device)]), info)
-    mean = float(totals[0] / totals[1]) if totals[1] else float("nan")
-    return EpochResult(mean, done * batches.local_batch * info.world_size / max(elapsed, 1e-9), 0)
+    fold()
+    mean = state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else float("nan")
+    return EpochResult(mean, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9), 0)
 
 
 def _finite(loss: torch.Tensor, model: nn.Module) -> bool:

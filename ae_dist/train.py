@@ -99,7 +99,7 @@ class Trainer:
         ours = path.resolve().parent == self.ckpt_dir.resolve()
         self.state = checkpoint.TrainState(saved["epoch"], saved["batch"], saved["step"],
                                            saved.get("wandb_run_id", "") if ours else own_run_id,
-                                           saved.get("skipped_steps", 0))
+                                           saved.get("skipped_steps", 0), *saved.get("epoch_loss", (0.0, 0)))
         self.last_saved_step = self.state.step
         self._say(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.step})")
 
@@ -173,6 +173,7 @@ class Trainer:
         test_loss = engine.evaluate(self.raw_model, self.test_split, cfg.train.eval_batch_size, cfg.train, self.info)
         self.state.epoch += 1
         self.state.batch = 0
+        self.state.epoch_loss_sum, self.state.epoch_loss_count = 0.0, 0
         record = {"kind": "epoch", "step": self.state.step, "epoch": self.state.epoch, "train_loss": result.loss,
                   "test_loss": test_loss, "samples_per_s": result.samples_per_s,
                   "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": self.state.skipped_steps}

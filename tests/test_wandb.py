@@ -110,8 +110,6 @@ def test_killed_and_rerun_logs_one_run_with_every_step_once(nproc, reference_run
         assert train_losses == {r["step"]: r["loss"] for r in theirs if r["kind"] == "train"}
 
 
-@pytest.mark.xfail(strict=True, reason="engine.train_one_epoch restarts its epoch loss sum on resume: the epoch "
-                                       "train_loss after a mid-epoch resume averages only the steps after it")
 def test_epoch_train_loss_survives_a_mid_epoch_resume(reference_runs, tmp_path_factory):
     run = interrupted_run(tmp_path_factory, 1)
     ours, theirs = metrics(run.run_dir), metrics(reference_runs((), 1))
