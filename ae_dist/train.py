@@ -56,7 +56,13 @@ def run(config: Config) -> RunResult:
     with distributed(config.train.device, config.dist.timeout_s) as info:
         if info.device.type == "cpu":
             torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
-        return Trainer(config, info).fit()
+        try:
+            return Trainer(config, info).fit()
+        except UsageError as err:
+            if not info.is_main:  # rank 0 speaks for shared problems; this one may be this rank's own
+                for line in err.lines():
+                    print(f"rank {info.rank}: {line}", file=sys.stderr, flush=True)
+            raise
 
 
 class Trainer:
