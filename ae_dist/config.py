@@ -58,6 +58,8 @@ class TrainConfig:
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
     nan_policy: str = _field("stop", "on NaN/Inf loss: stop (exit naming the step) | skip (drop that step's update, count it)")
     precision: str = _field("fp32", "fp32 | bf16 (autocast; CUDA and CPU; not bitwise comparable with fp32)")
+    flush_denormal: bool = _field(True, "CPU: flush denormal floats to zero; else near-zero sigmoid outputs slow steps "
+                                        "~6x after an epoch; resumes bitwise, results differ from false in the last bits")
     compile: str = _field("off", "off | default | reduce-overhead (torch.compile; the latter with CUDA graphs; first steps "
                                  "slower; on CPU resumes bitwise, results differ from off in the last bits)")
     device: str = _field("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda")

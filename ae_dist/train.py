@@ -53,6 +53,7 @@ class RunResult:
 def run(config: Config) -> RunResult:
     """Train (or resume, or find complete) the run in ``config.run.dir``; every rank calls this."""
     check_world_size(config, int(read_env().get("WORLD_SIZE", "1")))  # before any rank waits for the others
+    torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
     with distributed(config.train.device, config.dist.timeout_s) as info:
         if info.device.type == "cpu":
             torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
