@@ -72,7 +72,7 @@ def timed_all_reduce_hook(seconds: list[float]):
 
 
 def time_steps(trainer: Trainer, model: torch.nn.Module, steps: int, warmup: int, sync: Callable[[], None],
-               profiler: torch.profiler.profile | None) -> dict[str, list[float]]:
+               profiler: torch.profiler.profile | None, bucket_seconds: list[float]) -> dict[str, list[float]]:
     """The step of engine.train_one_epoch, with a timer between its phases."""
     cfg, info = trainer.config, trainer.info
     batches = data.EpochBatches(trainer.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed)
@@ -107,6 +107,8 @@ def time_steps(trainer: Trainer, model: torch.nn.Module, steps: int, warmup: int
                     window.check(info)
                 stop.should_stop(step)
                 t5 = time.perf_counter()
+                if step == warmup:
+                    bucket_seconds.clear()
                 if step > warmup:
                     for name, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                         timings[name].append(seconds)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                     [torch.profiler.ProfilerActivity.CUDA] if info.device.type == "cuda" else []))
                 profiler.__enter__()
-            timings = time_steps(trainer, model, args.steps, args.warmup, sync, profiler)
+            timings = time_steps(trainer, model, args.steps, args.warmup, sync, profiler, bucket_seconds)
             if profiler is not None:
                 profiler.__exit__(None, None, None)
             bare = bare_all_reduce(trainer, info) if info.distributed else float("nan")
@@ -182,8 +184,10 @@ def print_report(config, info, timings: dict[str, list[float]], buckets: list[fl
     for name in PHASES:
         print(f"{name:<10} {medians[name] * 1e6:>10.0f} {medians[name] / typical:>6.1%} {means[name] * 1e6:>9.0f}")
     print(f"{'step':<10} {typical * 1e6:>10.0f} {'':>6} {total * 1e6:>9.0f}   = {config.train.batch_size / typical:,.0f} "
-          f"samples/s from the medians, {config.train.batch_size / total:,.0f} from the means (timer syncs included; "
-          "means far above medians: the machine was busy)")
+          f"samples/s from the medians, {config.train.batch_size / total:,.0f} from the means")
+    if total > 1.15 * typical:
+        print("(means well above medians: something else took this machine's cores now and then, or, under DDP, "
+              "the stop check's all-reduce every 10 steps waits for the slower rank)")
     if info.distributed:
         print(f"all-reduce per bucket (ready -> reduced, inside backward): median "
               f"{statistics.median(buckets) * 1e6:.0f} us over {len(buckets)} buckets; a bare all-reduce of all "
