@@ -11,23 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from slurm_fixture import CLUSTER_SH, SlurmCluster
 
 pytestmark = pytest.mark.slurm
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def node_states(cluster: SlurmCluster) -> dict[str, str]:
