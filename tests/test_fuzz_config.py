@@ -119,13 +119,18 @@ def tally() -> Iterator[Counter]:
                "appeared", "none", "none")
 
 
+def write_document(folder: Path, name: str, document: bytes) -> tuple[Path, Path]:
+    """Write a fuzzed YAML file; its code-running tags would create the returned marker file."""
+    marker, path = folder / f"code-ran-{name}", folder / f"{name}.yaml"
+    path.write_bytes(document.replace(b"{marker}", str(marker).encode()))
+    return path, marker
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=yaml_documents(), items=overrides(argv_safe=False))
 def test_loading_any_config_gives_a_config_or_one_line_errors(fuzz_dir: Path, tally: Counter, document: bytes,
                                                               items: list[str]) -> None:
-    marker = fuzz_dir / "code-ran"
-    path = fuzz_dir / "config.yaml"
-    path.write_bytes(document.replace(b"{marker}", str(marker).encode()))
+    path, marker = write_document(fuzz_dir, "config", document)
     try:
         config = load_config(path, items)
     except UsageError as err:
@@ -162,9 +167,7 @@ SMALL_RUN = ["data.name=synthetic", "data.synthetic_train=64", "data.synthetic_t
 @given(document=yaml_documents(), items=overrides(argv_safe=True))
 def test_the_command_exits_0_or_with_one_line_errors(fuzz_dir: Path, tally: Counter, document: bytes,
                                                      items: list[str]) -> None:
-    marker = fuzz_dir / "code-ran-in-command"
-    path = fuzz_dir / "command.yaml"
-    path.write_bytes(document.replace(b"{marker}", str(marker).encode()))
+    path, marker = write_document(fuzz_dir, "command", document)
     run_dir = fuzz_dir / f"run-{abs(hash((document, tuple(items))))}"
     result = run_command(["--config", str(path), *items, *SMALL_RUN, f"run.dir={run_dir}"], fuzz_dir)
     check_exit(result)
