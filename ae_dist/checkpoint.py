@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ae_dist.errors import UsageError
+from ae_dist.errors import CheckpointFailed, UsageError
 
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
 TEMPORARY = ".step_*.pt.tmp-*"  # a writer's file before its rename; left behind only by a killed writer
@@ -41,6 +41,7 @@ class TrainState:
     skipped_steps: int = 0  # steps dropped by train.nan_policy=skip
     epoch_loss_sum: float = 0.0  # this epoch's losses so far, summed over every rank's steps
     epoch_loss_count: int = 0  # how many (rank, step) losses that sum holds
+    resumed_from: Path | None = None  # the checkpoint this start continued from (not saved)
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,6 +64,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """The run's checkpoints: when one is due, and writing each step once (global rank 0 writes).
+
+    ``due(step)`` holds every ``every_steps`` steps; ``save`` is called there, at a stop and at
+    each epoch's end, and writes nothing when this step is already on disk.
+    """
+
+    def __init__(self, folder: Path, every_steps: int, keep: int, config: dict[str, Any], writes: bool):
+        self.folder, self.every_steps, self.keep, self.config, self.writes = folder, every_steps, keep, config, writes
+        self.saved_step = -1
+
+    def due(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+        if state.step == self.saved_step:
+            return
+        if self.writes:
+            try:
+                save(self.folder, model, optimizer, state, self.config, self.keep)
+            except CheckpointWriteError as err:
+                raise CheckpointFailed(err.strerror, "run.dir", "the previous checkpoint is intact; free space, "
+                                       "then run the same command to resume") from None
+        self.saved_step = state.step
 
 
 def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,

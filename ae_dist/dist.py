@@ -20,16 +20,27 @@ import os
 import re
 import socket
 import subprocess
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from ae_dist.errors import UsageError
+from ae_dist.errors import RendezvousFailed, UsageError
 from ae_dist.liveness import Heartbeat, peer_lost, within
 
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+PORT_BASE, PORT_SPAN = 20000, 20000
+
+
+def master_port(job_id: str) -> int:
+    """The rendezvous port of a job, derived alike by every task of it, whichever launcher started it.
+
+    From the numeric job id, or a CRC-32 of any other id (an array task ``123_4``, a local pid).
+    """
+    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
+    return PORT_BASE + number % PORT_SPAN
 
 
 @dataclass(frozen=True)
@@ -73,14 +84,13 @@ def read_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
         return env
-    job_id = int(env.get("SLURM_JOB_ID", "0"))
     env.update(
         RANK=env["SLURM_PROCID"],
         LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
         WORLD_SIZE=env.get("SLURM_NTASKS", "1"),
         LOCAL_WORLD_SIZE=str(_tasks_per_node(env)),
         MASTER_ADDR=env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "localhost")),
-        MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job_id % 20000),
+        MASTER_PORT=env.get("MASTER_PORT") or str(master_port(env.get("SLURM_JOB_ID", "0"))),
     )
     return env
 
@@ -191,16 +201,10 @@ def _open_store(env: dict[str, str], rank: int, world_size: int, timeout_s: floa
     except (TimeoutError, dist.DistError):
         what = (f"rank 0 waited {timeout_s:g} s for the other {world_size - 1} ranks to connect to {addr}:{port}" if hosts
                 else f"rank {rank} could not reach the rendezvous store of {_store_host(env)} within {timeout_s:g} s")
-        raise RendezvousFailed(UsageError(
-            what, "MASTER_ADDR:MASTER_PORT", "start every rank with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE, "
-            "and check that no other program holds that port").lines()[0]) from None
+        raise RendezvousFailed(what, "MASTER_ADDR:MASTER_PORT", "start every rank with the same MASTER_ADDR, "
+                               "MASTER_PORT and WORLD_SIZE, and check that no other program holds that port") from None
     prefix = f"ae_dist/start{store.add(f'ae_dist/starts/world{world_size}/rank{rank}', 1)}/"
     return dist.PrefixStore(prefix, store), prefix
-
-
-class RendezvousFailed(RuntimeError):
-    """This rank could not join the others (bad input: exit 2); the message is one ``error:`` line,
-    said by the rank that failed, whichever it is."""
 
 
 def all_reduce_(tensor: torch.Tensor, info: DistInfo, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The steps of training: one epoch, one evaluation, the optimizer.
+"""The pieces of training, as functions the loop in `ae_dist.train` calls: one step, the loss
+window, one evaluation, the optimizer.
 
 Nothing here reads the loss back to the host except at logging steps: the epoch's loss
 is summed on the device and all-reduced at checkpoints and at the end of the epoch, so
@@ -8,9 +9,6 @@ an epoch resumed mid-way still reports the mean over all of its steps.
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +17,9 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ae_dist.checkpoint import TrainState
 from ae_dist.config import OptimConfig, TrainConfig
-from ae_dist.data import EpochBatches, Split
+from ae_dist.data import Split
 from ae_dist.dist import DistInfo, all_reduce_
-from ae_dist.preemption import StopSignals
-
-
-class Diverged(RuntimeError):
-    def __init__(self, step: int):
-        super().__init__(f"loss is NaN or Inf at step {step}")
-        self.step = step
+from ae_dist.errors import Diverged
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Adam:
@@ -84,70 +76,21 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-@dataclass
-class EpochResult:
-    loss: float  # mean over every sample every rank saw this epoch (nan when stopped early)
-    samples_per_s: float
-    stopped_by: int  # signal number that stopped the epoch at a step boundary, else 0
+def train_step(model: nn.Module, images: torch.Tensor, optimizer: torch.optim.Optimizer, step_optimizer: FusedAdamStep,
+               cfg: TrainConfig) -> tuple[torch.Tensor, bool]:
+    """One optimizer step on ``images``: (the loss, left on the device; whether the update was applied).
 
-
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: EpochBatches, state: TrainState,
-                    cfg: TrainConfig, info: DistInfo, stop: StopSignals,
-                    on_step: Callable[[float | None], None], checkpoint_due: Callable[[int], bool],
-                    save_checkpoint: Callable[[], None]) -> EpochResult:
-    """Train from batch ``state.batch`` of epoch ``state.epoch`` to its end, or to a stop request.
-
-    ``on_step(loss_or_None)`` runs after every step (the loss only at logging steps);
-    ``save_checkpoint()`` runs after the steps for which ``checkpoint_due(step)`` holds. Under
-    nan_policy=stop, a NaN/Inf loss raises `Diverged` before anything is logged or saved past it.
+    Under nan_policy=skip a step whose loss or gradients are not finite is not applied (every
+    rank sees the same all-reduced gradients, so all of them skip it).
     """
-    model.train()
-    optimizer_step = FusedAdamStep(optimizer)
-    window = LossWindow(info.device)
-    done, trained, started = 0, 0, time.perf_counter()
-
-    def fold() -> None:
-        """Add every rank's losses since the last fold to the epoch's sums in ``state`` (checkpointed)."""
-        nonlocal done
-        totals = all_reduce_(torch.stack([window.total, torch.tensor(float(done), dtype=torch.float64,
-                                                                     device=info.device)]), info)
-        state.epoch_loss_sum += float(totals[0])
-        state.epoch_loss_count += int(totals[1])
-        window.total.zero_()
-        done = 0
-
-    for images in batches.epoch(state.epoch, start=state.batch):
-        with autocast(cfg, info.device):
-            loss = F.mse_loss(model(images).float(), images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.batch += 1
-        state.step += 1
-        if cfg.nan_policy == "skip" and not _finite(loss, model):
-            state.skipped_steps += 1  # every rank sees the same all-reduced gradients, so all skip
-        else:
-            optimizer_step()
-            window.add(loss, state.step)
-            done += 1
-            trained += 1
-        logging = state.step % cfg.log_every == 0
-        saving = checkpoint_due(state.step)
-        if logging or saving:
-            window.check(info)
-        on_step(float(loss.detach()) if logging else None)
-        if saving:
-            fold()
-            save_checkpoint()
-        stopped_by = stop.should_stop(state.step)
-        if stopped_by:
-            window.check(info)  # the caller saves a checkpoint next
-            fold()
-            return EpochResult(float("nan"), 0.0, stopped_by)
-    elapsed = time.perf_counter() - started
-    window.check(info)
-    fold()
-    mean = state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else float("nan")
-    return EpochResult(mean, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9), 0)
+    with autocast(cfg, images.device):
+        loss = F.mse_loss(model(images).float(), images)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.nan_policy == "skip" and not _finite(loss, model):
+        return loss, False
+    step_optimizer()
+    return loss, True
 
 
 def _finite(loss: torch.Tensor, model: nn.Module) -> bool:
@@ -158,15 +101,17 @@ def _finite(loss: torch.Tensor, model: nn.Module) -> bool:
 class LossWindow:
     """The losses of the steps since the last check, left on the device: one list append per step.
 
-    ``check`` (at logging and checkpoint steps, at a stop and at the epoch's end) adds them to
-    the epoch's sum and raises `Diverged` naming the first step, on any rank, whose loss was
-    NaN or Inf; its host sync happens only there.
+    ``check`` (at logging steps) adds them to a running total and raises `Diverged` naming the
+    first step, on any rank, whose loss was NaN or Inf; ``fold`` (at checkpoints, a stop and the
+    epoch's end) also adds every rank's total to the epoch's sums in the `TrainState`, which
+    checkpoints carry. Their host syncs happen only there.
     """
 
     def __init__(self, device: torch.device):
         self.losses: list[torch.Tensor] = []
         self.steps: list[int] = []
         self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0  # losses in ``total``
 
     def add(self, loss: torch.Tensor, step: int) -> None:
         self.losses.append(loss.detach())
@@ -180,9 +125,19 @@ class LossWindow:
             if bool(bad.any()):
                 first_bad = self.steps[int(bad.nonzero()[0, 0])]
             self.total += losses.double().sum()
+            self.count += len(self.losses)
             self.losses.clear()
             self.steps.clear()
         _raise_if_diverged(first_bad, info)
+
+    def fold(self, state: TrainState, info: DistInfo) -> None:
+        self.check(info)
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=info.device)
+        totals = all_reduce_(torch.stack([self.total, count]), info)
+        state.epoch_loss_sum += float(totals[0])
+        state.epoch_loss_count += int(totals[1])
+        self.total.zero_()
+        self.count = 0
 
 
 def _raise_if_diverged(first_bad: int, info: DistInfo) -> None:

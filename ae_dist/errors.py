@@ -1,52 +1,133 @@
-"""Bad input ends as one line on stderr and exit status 2, never a traceback."""
+"""Every way a command ends badly, and the one place that turns it into lines and an exit status.
+
+Each error carries what went wrong, where (a config key, a path, an address) and how to fix it,
+printed as ``error: <what> (<where>): <fix>``, and its exit status: 2 for bad input (config,
+paths, data, checkpoints, requests, a rendezvous that cannot form), 1 for failures at run time
+(a diverged loss, a rank that stopped answering, a full disk). `reporting` is the one wrapper
+that prints and maps them, used by ``python -m ae_dist.train`` and by each submitit task alike.
+
+Who speaks: an error raised before the ranks joined (a bad config) is the same on every rank,
+so rank 0 alone prints it; one raised after is this rank's own (`AeDistError.rank` is set by
+`ae_dist.train.run`) and every failing rank prints its line, prefixed ``rank N:`` off rank 0.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 from collections.abc import Callable
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; run the same command to continue
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT) after a checkpoint, as shells report 128 + SIGINT
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+QUOTE_LIMIT = 200  # characters of a user's value quoted in a message, at most
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: config, paths, data, checkpoints, requests.
+class AeDistError(Exception):
+    """Base: one or more ``(what, where, fix)`` problems, one exit status."""
 
-    `problems` holds one ``(what, where, fix)`` triple per problem; each becomes one line
-    ``error: <what> (<where>): <fix>``.
-    """
+    exit_code = EXIT_FAILED
+    names_its_rank = False  # the message itself says which rank gave up: no ``rank N:`` prefix
 
     def __init__(self, what: str, where: str, fix: str, *, more: list[tuple[str, str, str]] | None = None):
         self.problems = [(what, where, fix), *(more or [])]
+        self.rank: int | None = None  # the rank that raised it, once the ranks have joined
         super().__init__(self.lines()[0])
 
     @classmethod
-    def many(cls, problems: list[tuple[str, str, str]]) -> UsageError:
+    def many(cls, problems: list[tuple[str, str, str]]) -> AeDistError:
         first, *rest = problems
         return cls(*first, more=rest)
 
     def lines(self) -> list[str]:
-        return [_printable(f"error: {what} ({where}): {fix}") for what, where, fix in self.problems]
+        return [printable(f"error: {what} ({where}): {fix}") for what, where, fix in self.problems]
 
 
-def _printable(line: str) -> str:
-    """One line whatever the input held: newlines and other control characters are escaped."""
+class UsageError(AeDistError):
+    """A problem with what the user asked for: config, paths, data, checkpoints, requests."""
+
+    exit_code = EXIT_USAGE
+
+
+class RendezvousFailed(UsageError):
+    """This rank could not join the others (a wrong address, a port another program holds)."""
+
+
+class CheckpointFailed(AeDistError):
+    """A checkpoint could not be written (a full disk); the previous one is intact."""
+
+
+class DiskFull(AeDistError):
+    """metrics.jsonl, pictures, model.pt or W&B files could not be written."""
+
+
+class Diverged(AeDistError):
+    """The loss went NaN/Inf under train.nan_policy=stop."""
+
+    def __init__(self, step: int, where: str = "train.nan_policy=stop", fix: str = ""):
+        super().__init__(f"loss is NaN or Inf at step {step}", where, fix or "lower optim.lr or use train.nan_policy=skip; "
+                         "the newest checkpoint is the last good state")
+        self.step = step
+
+
+class PeerLost(AeDistError):
+    """A collective failed because a rank stopped answering; the message names the silent rank and this one."""
+
+    names_its_rank = True
+
+
+def printable(line: str, limit: int | None = None) -> str:
+    """One line whatever the input held: control characters escaped, optionally cut at ``limit``."""
+    if limit is not None and len(line) > limit:
+        line = line[:limit] + f"... ({len(line) - limit} more characters)"
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in line)
 
 
-def exits_on_usage_error(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command's ``main`` so a UsageError prints its lines and returns 2."""
+def quote(value: object) -> str:
+    """A user's value as a message shows it: repr, one line, at most QUOTE_LIMIT characters."""
+    text = repr(value) if len(str(value)) <= QUOTE_LIMIT * 4 else repr(str(value)[:QUOTE_LIMIT * 4])
+    return printable(text, QUOTE_LIMIT)
+
+
+def as_error(err: BaseException, where: str) -> AeDistError | None:
+    """The project error an exception stands for, or None: a full or failed disk becomes `DiskFull`."""
+    if isinstance(err, AeDistError):
+        return err
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        return DiskFull(f"cannot write {err.filename or where}: {err.strerror}", "run.dir",
+                        "the newest checkpoint is intact; free space, then run the same command to resume")
+    return None
+
+
+def say(err: AeDistError, env: dict[str, str] | None = None) -> int:
+    """Print ``err`` as its rank should (see the module docstring); return its exit status."""
+    env = os.environ if env is None else env
+    if err.rank is None:
+        if env.get("RANK", env.get("SLURM_PROCID", "0")) == "0":
+            for line in err.lines():
+                print(line, file=sys.stderr, flush=True)
+    else:
+        prefix = f"rank {err.rank}: " if err.rank and not err.names_its_rank else ""
+        for line in err.lines():
+            print(prefix + line, file=sys.stderr, flush=True)
+    return err.exit_code
+
+
+def reporting(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command so each project error becomes its lines and its exit status, never a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs)
-        except UsageError as err:
-            # every rank sees the same problem; one says it
-            if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
-                for line in err.lines():
-                    print(line, file=sys.stderr, flush=True)
-            return EXIT_USAGE
+        except (AeDistError, OSError) as err:
+            known = as_error(err, "run.dir")
+            if known is None:
+                raise
+            return say(known)
 
     return wrapper

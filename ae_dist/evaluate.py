@@ -19,16 +19,18 @@ import yaml
 from ae_dist import checkpoint, data, engine, plots
 from ae_dist.config import from_dict
 from ae_dist.dist import DistInfo
-from ae_dist.errors import UsageError, exits_on_usage_error
-from ae_dist.loggers import read_metrics
+from ae_dist.errors import UsageError, reporting
+from ae_dist.metrics import read_metrics
 from ae_dist.models import build_model
+from ae_dist.run_dir import RunDir
 
 PICTURE_COUNT = 10
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object, str]:
     """The run's model with its final weights (or newest checkpoint's), its config, and the source."""
-    config_path = run_dir / "config.yaml"
+    folder = RunDir(run_dir)
+    config_path = folder.config
     if not config_path.is_file():
         raise UsageError("not a run folder (no config.yaml)", str(run_dir), "give the run.dir of a run")
     try:
@@ -36,7 +38,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object, str]:
     except yaml.YAMLError:
         raise UsageError("config.yaml is not valid YAML", str(config_path), "restore it from a checkpoint") from None
     model = build_model(config.model)
-    final = run_dir / "model.pt"
+    final = folder.model
     if final.is_file():
         try:
             state, source = torch.load(final, map_location="cpu", weights_only=True), str(final)
@@ -44,7 +46,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object, str]:
             raise UsageError(f"model.pt cannot be loaded ({err.__class__.__name__})", str(final),
                              "delete it and rerun the training command to rewrite it") from None
     else:
-        found = checkpoint.load_latest(run_dir / "checkpoints")
+        found = checkpoint.load_latest(folder.checkpoints)
         if found is None:
             raise UsageError("no model.pt and no checkpoint yet", str(run_dir), "wait for the first checkpoint")
         state, source = found[1]["model"], f"{found[0]} (step {found[1]['step']})"
@@ -56,7 +58,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object, str]:
     return model, config, source
 
 
-@exits_on_usage_error
+@reporting
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ae_dist.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the run folder (run.dir)")
@@ -69,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         shown = test.images[:PICTURE_COUNT].float().div_(255)
         recon = model(shown)
     codes = engine.encode_all(model, test, config.train.eval_batch_size)
-    plots.draw_reconstructions(shown, recon, args.run_dir / "recon.png")
-    plots.draw_latent(codes, test.labels, args.run_dir / "latent.png")
-    records = read_metrics(args.run_dir / "metrics.jsonl")
+    folder = RunDir(args.run_dir)
+    plots.draw_reconstructions(shown, recon, folder.picture("recon"))
+    plots.draw_latent(codes, test.labels, folder.picture("latent"))
+    records = read_metrics(folder.metrics)
     if records:
-        plots.draw_loss(records, args.run_dir / "loss.png")
+        plots.draw_loss(records, folder.picture("loss"))
     print(f"test loss {loss:.6f} ({len(test)} images, {source})")
     return 0
 

@@ -19,13 +19,11 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
+from ae_dist.errors import PeerLost
+
 T = TypeVar("T")
 PEER_FAILURE_SIGNS = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer",
                       "Broken pipe", "pair closure")
-
-
-class PeerLost(RuntimeError):
-    """A collective failed because a rank stopped answering; the message is one ``error:`` line naming it."""
 
 
 def within(seconds: float, make: Callable[[], T]) -> T:
@@ -110,6 +108,6 @@ def peer_lost(err: RuntimeError, heartbeat: Heartbeat | None) -> PeerLost | None
         what = f"rank {', '.join(map(str, silent))} stopped answering: no heartbeat"
     else:
         what = "a collective failed although every rank still has a heartbeat (a rank slower than the timeout?)"
-    return PeerLost(f"error: {what}; rank {heartbeat.rank} gave up ({cause}) (dist.timeout_s={heartbeat.timeout_s:g}): "
+    return PeerLost(f"{what}; rank {heartbeat.rank} gave up ({cause})", f"dist.timeout_s={heartbeat.timeout_s:g}",
                     "the newest checkpoint is intact; run the same command to resume, and find out what stopped "
                     "that rank (or raise dist.timeout_s if it was only slow)")

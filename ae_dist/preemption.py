@@ -15,8 +15,8 @@ from types import FrameType
 import torch
 
 from ae_dist.dist import DistInfo, all_reduce_
+from ae_dist.errors import EXIT_PREEMPTED  # noqa: F401  (the exit status of a stop; said here for readers)
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed, resubmit the same command to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 CHECK_EVERY_STEPS = 10  # ranks agree every N steps: one tiny all-reduce per N steps
 

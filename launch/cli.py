@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ae_dist.errors import UsageError, exits_on_usage_error
+from ae_dist.errors import EXIT_PREEMPTED, UsageError, reporting
 from launch import jobs, profiles, remote
 
 if TYPE_CHECKING:
@@ -135,7 +135,6 @@ def request_args(values: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 def run_submit(argv: list[str]) -> int:
     from ae_dist.config import dump_yaml, load_config
-    from ae_dist.preemption import EXIT_PREEMPTED
     from launch import submit
 
     args = submit_parser().parse_intermixed_args(argv)
@@ -196,7 +195,7 @@ def run_job_command(command: str, argv: list[str]) -> int:
     return 0
 
 
-@exits_on_usage_error
+@reporting
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "submit"

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
-import zlib
 from pathlib import Path
 
 import submitit
@@ -23,17 +21,10 @@ import submitit
 import ae_dist
 from ae_dist import train
 from ae_dist.config import Config
-from ae_dist.errors import EXIT_USAGE, UsageError
-from ae_dist.preemption import EXIT_PREEMPTED
+from ae_dist.dist import master_port
+from ae_dist.errors import EXIT_PREEMPTED, AeDistError, as_error, say
 
-PORT_BASE, PORT_SPAN = 20000, 20000  # the same range `ae_dist.dist` derives for a bare srun task
 SINGLE_HOST_EXECUTORS = ("local", "debug")
-
-
-def master_port(job_id: str) -> int:
-    """A port every task of one job derives alike: from the numeric job id (crc32 otherwise)."""
-    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
-    return PORT_BASE + number % PORT_SPAN
 
 
 def torchrun_env(job: submitit.JobEnvironment) -> dict[str, str]:
@@ -67,13 +58,11 @@ class TrainJob(submitit.helpers.Checkpointable):
               f"{job.cluster}); code from {Path(ae_dist.__file__).resolve().parent.parent}", flush=True)
         try:
             result = train.run(self.config)
-        except UsageError as err:
-            for line in err.lines():
-                print(line, file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_USAGE) from None
-        except train.CheckpointFailed as err:
-            print(f"error: {err}; the previous checkpoint is intact", file=sys.stderr, flush=True)
-            raise SystemExit(train.EXIT_FAILED) from None
+        except (AeDistError, OSError) as err:  # said as `python -m ae_dist.train` says it
+            known = as_error(err, self.config.run.dir)
+            if known is None:
+                raise
+            raise SystemExit(say(known)) from None
         if result.status == "preempted":
             self.hand_over(job, result.signal)
         return {"status": result.status, "run_dir": str(result.run_dir), "step": result.step}

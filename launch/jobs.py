@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import IO
 
 import yaml
+from ae_dist.metrics import read_metrics
+from ae_dist.run_dir import RunDir
 
 from ae_dist.errors import UsageError
-from ae_dist.loggers import read_metrics
 
 REGISTRY = Path("runs") / "jobs.jsonl"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -115,7 +116,7 @@ def _controller_alive(pid: str) -> bool:
 
 
 def run_complete(run_dir: str) -> bool:
-    return (Path(run_dir) / "model.pt").exists()
+    return RunDir(Path(run_dir)).model.exists()
 
 
 def states(record: Record) -> dict[str, str]:
@@ -142,11 +143,11 @@ def finished(record: Record) -> bool:
 
 def progress(run_dir: str) -> str:
     """One line on how far the run folder has come."""
-    path = Path(run_dir)
+    folder = RunDir(Path(run_dir))
     epochs = "?"
     with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
-        epochs = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"]
-    done = [r for r in read_metrics(path / "metrics.jsonl") if r.get("kind") == "epoch"]
+        epochs = yaml.safe_load(folder.config.read_text(encoding="utf-8"))["train"]["epochs"]
+    done = [r for r in read_metrics(folder.metrics) if r.get("kind") == "epoch"]
     if not done:
         return "no epoch finished yet"
     last = done[-1]

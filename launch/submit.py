@@ -26,8 +26,8 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from ae_dist.config import Config, build_config, check_world_size, to_flat
 from ae_dist.errors import UsageError
-from ae_dist.loggers import wandb_mode
-from ae_dist.train import read_run_info, write_run_info
+from ae_dist.run_dir import wandb_group, wandb_run_id
+from ae_dist.wandb_run import wandb_mode
 from launch.job import TrainJob
 from launch.jobs import Record, Run, finished, remember, states
 from launch.profiles import EXECUTORS
@@ -185,17 +185,6 @@ def plan_runs(config: Config, sweeps: list[tuple[str, list[str]]], world_size: i
     return runs
 
 
-def wandb_run_id(run_dir: Path) -> str:
-    """The run folder's W&B id, chosen now when it has none, so the launcher can print it."""
-    known = read_run_info(run_dir).get("wandb_run_id")
-    if known:
-        return known
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = secrets.token_hex(4)
-    write_run_info(run_dir, wandb_run_id=run_id)
-    return run_id
-
-
 def make_executor(request: Request, folder: Path) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=folder, cluster=request.executor, slurm_max_num_timeout=request.max_requeues)
     params: dict[str, object] = {"name": request.job_name, "timeout_min": request.time_min, "nodes": request.nodes,
@@ -238,7 +227,7 @@ def submit(request: Request, runs: list[Config]) -> tuple[Record, list[submitit.
         job_id=main_id, executor=request.executor, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"),
         host=socket.gethostname(), request=request.describe(), tasks=request.world_size,
         wandb_project=runs[0].wandb.project,
-        wandb_group=runs[0].wandb.group or (f"slurm-{main_id}" if request.executor == "slurm" else ""),
+        wandb_group=wandb_group(runs[0].wandb.group, {"SLURM_JOB_ID": main_id} if request.executor == "slurm" else {}),
         wandb_mode=wandb_mode(runs[0].wandb.mode),
         runs=[Run(job.job_id, config.run.dir, run_id,
                   [str(JobPaths(folder, job.job_id, task).stdout) for task in range(request.world_size)])
