@@ -19,7 +19,8 @@ import yaml
 
 from ae_dist.errors import UsageError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # experiments; cluster profiles in clusters/
+DEFAULT_CONFIG = PACKAGED_CONFIGS / "default.yaml"
 DATASETS = ("fashion_mnist", "mnist", "digits", "synthetic")
 MODELS = ("mlp", "conv")
 

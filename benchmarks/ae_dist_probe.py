@@ -3,10 +3,10 @@
     python -m benchmarks.ae_dist_probe data.name=fashion_mnist data.root=DIR data.download=false ...
     torchrun --standalone --nproc_per_node=2 -m benchmarks.ae_dist_probe ...
 
-It runs ``ae_dist.train.main`` unchanged; the only addition is a wrapper around
-``engine.train_one_epoch`` whose ``on_step`` callback also ticks the clock, and which pauses
-the clock between epochs (evaluation, pictures, the epoch-end checkpoint), so the steady
-state is training steps only; checkpoints due inside an epoch stay in it.
+It runs ``ae_dist.train.main`` unchanged; the only additions are a wrapper around
+``engine.train_step`` that ticks the clock after each step, and one around ``train.end_epoch``
+that pauses the clock between epochs (evaluation, pictures, the epoch-end checkpoint) until the
+next step, so the steady state is training steps only; checkpoints due inside an epoch stay in it.
 """
 
 from __future__ import annotations
@@ -21,20 +21,23 @@ def main(argv: list[str]) -> int:
     config, _ = train.parse_args(argv)
     clock = StepClock(global_batch=config.train.batch_size,
                       sync=cuda_sync("cuda" if config.train.device != "cpu" else "cpu"))
-    original = engine.train_one_epoch
+    step, end_epoch = engine.train_step, train.end_epoch
+    paused = [False]
 
-    def timed_epoch(*args, on_step, **kwargs):
-        def ticking(loss):
-            on_step(loss)
-            clock.tick()
+    def timed_step(*args, **kwargs):
+        if paused[0]:
+            clock.resume()
+            paused[0] = False
+        result = step(*args, **kwargs)
+        clock.tick()
+        return result
 
-        clock.resume()
-        try:
-            return original(*args, on_step=ticking, **kwargs)
-        finally:
-            clock.pause()
+    def timed_end_epoch(*args, **kwargs):
+        clock.pause()
+        paused[0] = True
+        return end_epoch(*args, **kwargs)
 
-    engine.train_one_epoch = timed_epoch
+    engine.train_step, train.end_epoch = timed_step, timed_end_epoch
     status = train.main(argv)
     clock.write(contender="ae-dist", exit_status=status)
     return status

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import REPO, clean_env
 
 from ae_dist import engine
+from ae_dist.errors import Diverged
 from ae_dist.config import OptimConfig
 from ae_dist.data import EpochBatches, Split, synthetic_split
 from ae_dist.dist import DistInfo
@@ -91,7 +92,7 @@ def test_loss_window_sums_and_names_the_first_non_finite_step() -> None:
     assert window.total.item() == 0.875 and window.losses == []
     for step, value in [(4, 1.0), (5, float("nan")), (6, float("inf"))]:
         window.add(torch.tensor(value), step)
-    with pytest.raises(engine.Diverged) as raised:
+    with pytest.raises(Diverged) as raised:
         window.check(CPU_ONLY)
     assert raised.value.step == 5
 

@@ -24,7 +24,7 @@ from wandb_offline import (
     read_runs,
 )
 
-from ae_dist.loggers import WANDB_LOG_BLOCK
+from ae_dist.wandb_run import WANDB_LOG_BLOCK
 
 RUN_ID = "aetest01"
 FAKE_KEY = "fake-secret-1234567890abcdef1234567890abcdef12345678"
