@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import IO
 
 import yaml
-from ae_dist.metrics import read_metrics
-from ae_dist.run_dir import RunDir
 
 from ae_dist.errors import UsageError
+from ae_dist.metrics import read_metrics
+from ae_dist.run_dir import RunDir
 
 REGISTRY = Path("runs") / "jobs.jsonl"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",

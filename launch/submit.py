@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from conftest import REPO, clean_env
 
 from ae_dist import engine
-from ae_dist.errors import Diverged
 from ae_dist.config import OptimConfig
 from ae_dist.data import EpochBatches, Split, synthetic_split
 from ae_dist.dist import DistInfo
+from ae_dist.errors import Diverged
 from ae_dist.models import MLPAutoencoder
 
 CPU_ONLY = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
