@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ae_dist import checkpoint, data, engine
+from ae_dist import checkpoint, data, engine, resume
+from ae_dist.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.config import Config, dump_yaml, to_dict
 from ae_dist.dist import DistInfo, barrier
 from ae_dist.errors import UsageError
-from ae_dist.metrics import read_metrics
+from ae_dist.lease import Lease
 from ae_dist.models import build_model
-from ae_dist.run_dir import RunDir
+from ae_dist.run_dir import RunDir, launch_command
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Training:
     test_split: data.Split
     state: checkpoint.TrainState
     checkpointer: checkpoint.Checkpointer
+    lease: Lease | None  # rank 0's hold on the run folder (None elsewhere, and when nothing is written)
 
     def say(self, line: str) -> None:
         if self.info.is_main:
@@ -45,23 +46,68 @@ class Training:
 
 
 def build(config: Config, info: DistInfo) -> Training:
+    """Data, model, optimizer, and the state to continue from, agreed by every rank; rank 0 then holds
+    the run folder's lease and writes its config, unless the run is complete (nothing is rewritten)."""
     torch.manual_seed(config.train.seed)
     train_split, test_split = load_data(config, info)
+    check_split_sizes(config, len(train_split))
     model = build_model(config.model).to(info.device)
     optimizer = engine.build_optimizer(model, config.optim, info.device)
     run_dir = RunDir(Path(config.run.dir))
     resolved = to_dict(config)
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    warn = (lambda line: print(line, file=sys.stderr, flush=True)) if info.is_main else (lambda line: None)
+    lease: Lease | None = None
+    decision: resume.Decision | None = None
+
+    def decide() -> dict:
+        nonlocal lease, decision
+        decision = resume.decide(config.train.resume, run_dir, resolved, shapes, warn)
+        saved = decision.payload or {}
+        if not is_complete(config, saved.get("epoch", 0), saved.get("step", 0)) or not run_dir.model.exists():
+            lease = Lease(run_dir.root, config.run.lease_stale_s)
+            lease.take()
+        return {"path": str(decision.path) if decision.path else "", "token": lease.token if lease else ""}
+
+    agreed = on_rank0(info, decide)
+    payload, problem = (decision.payload, "") if info.is_main else load_agreed(run_dir, agreed["path"], agreed["token"],
+                                                                               shapes)
+    check_every_rank_sees(info, run_dir, problem)
+    state = checkpoint.TrainState(wandb_run_id=run_dir.read_info().get("wandb_run_id", "") if info.is_main else "")
+    if isinstance(payload, dict):
+        path = Path(agreed["path"])
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        checkpoint.set_rng_state(payload["rng"])
+        # A checkpoint of another run folder (train.resume=PATH) starts this folder's own W&B run.
+        ours = path.resolve().parent == run_dir.checkpoints.resolve()
+        state = checkpoint.TrainState(payload["epoch"], payload["batch"], payload["step"],
+                                      payload.get("wandb_run_id", "") if ours else state.wandb_run_id,
+                                      payload.get("skipped_steps", 0), *payload.get("epoch_loss", (0.0, 0)),
+                                      resumed_from=path)
     checkpointer = checkpoint.Checkpointer(run_dir.checkpoints, config.checkpoint.every_steps, config.checkpoint.keep,
                                            resolved, writes=info.is_main)
-    warn = (lambda line: print(line, file=sys.stderr, flush=True)) if info.is_main else (lambda line: None)
-    state = resume(config, run_dir, model, optimizer, resolved, warn)
-    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer)
+    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer, lease)
     if state.resumed_from is not None:
         checkpointer.saved_step = state.step
         training.say(f"resumed from {state.resumed_from} (epoch {state.epoch + 1}, step {state.step})")
-    if info.is_main:  # after resume(): a command refused there leaves the run's config.yaml as it was
+    if lease is not None and not is_complete(config, state.epoch, state.step):
+        resume.record(run_dir, state.step, decision.changes if decision else {})
         prepare_run_dir(run_dir, config)
     return training
+
+
+def is_complete(config: Config, epoch: int, step: int) -> bool:
+    return epoch >= config.train.epochs or bool(config.train.max_steps and step >= config.train.max_steps)
+
+
+def check_split_sizes(config: Config, train_images: int) -> None:
+    if config.train.batch_size > train_images:
+        error = UsageError(f"global batch {config.train.batch_size} is larger than the training split "
+                           f"({train_images} images of {config.data.name}): no step could be taken",
+                           "train.batch_size", f"use at most {train_images}")
+        error.all_ranks_alike = True
+        raise error
 
 
 def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
@@ -73,34 +119,6 @@ def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
     if splits is None:
         splits = data.load_split(config.data, train=True), data.load_split(config.data, train=False)
     return splits[0].to(info.device), splits[1].to(info.device)
-
-
-def resume(config: Config, run_dir: RunDir, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           resolved: dict, warn: Callable[[str], None]) -> checkpoint.TrainState:
-    """The state to continue from (weights, optimizer and RNGs loaded), or a fresh one."""
-    mode = config.train.resume
-    if mode == "never":
-        if checkpoint.list_checkpoints(run_dir.checkpoints) or read_metrics(run_dir.metrics):
-            raise UsageError("train.resume=never, but the run folder already holds a run", str(run_dir.root),
-                             "continue it with train.resume=auto, or start over in an empty run.dir")
-        found = None
-    elif mode == "auto":
-        found = checkpoint.load_latest(run_dir.checkpoints, warn=warn)
-    else:
-        found = checkpoint.load_path(Path(mode))
-    own_run_id = run_dir.read_info().get("wandb_run_id", "")
-    if found is None:
-        return checkpoint.TrainState(wandb_run_id=own_run_id)
-    path, saved = found
-    checkpoint.check_compatible(saved["config"], resolved, path)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    checkpoint.set_rng_state(saved["rng"])
-    # A checkpoint of another run folder (train.resume=PATH) starts this folder's own W&B run.
-    ours = path.resolve().parent == run_dir.checkpoints.resolve()
-    return checkpoint.TrainState(saved["epoch"], saved["batch"], saved["step"],
-                                 saved.get("wandb_run_id", "") if ours else own_run_id,
-                                 saved.get("skipped_steps", 0), *saved.get("epoch_loss", (0.0, 0)), resumed_from=path)
 
 
 def wrap(model: torch.nn.Module, config: Config, info: DistInfo) -> torch.nn.Module:
@@ -125,7 +143,7 @@ def prepare_run_dir(run_dir: RunDir, config: Config) -> None:
         raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", "choose a writable folder") from None
     if "git_sha" not in run_dir.read_info():
         run_dir.write_info(git_sha=_git_sha(), torch=torch.__version__, python=sys.version.split()[0],
-                           command=" ".join(sys.argv))
+                           command=launch_command())
 
 
 def _git_sha() -> str:

@@ -16,6 +16,7 @@ import random
 import re
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 from ae_dist.errors import CheckpointFailed, UsageError
 
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
+REQUIRED = {"model", "optimizer", "epoch", "batch", "step", "config", "rng"}
 TEMPORARY = ".step_*.pt.tmp-*"  # a writer's file before its rename; left behind only by a killed writer
 # Config sections that must match for a checkpoint to continue this run, less what may move.
 MUST_MATCH = ("model", "data")
@@ -175,7 +177,8 @@ def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary files never match the name)."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if NAME.match(p.name)), key=lambda p: int(NAME.match(p.name)[1]))
+    return sorted((p for p in folder.iterdir() if NAME.match(p.name) and p.is_file() and not p.is_symlink()),
+                  key=lambda p: int(NAME.match(p.name)[1]))
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -185,10 +188,22 @@ def read(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad bytes, or a pickle that asks for code
         raise ValueError(f"{err.__class__.__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}") from None
-    missing = {"model", "optimizer", "epoch", "batch", "step", "config"} - set(payload) if isinstance(payload, dict) else {"all"}
+    missing = REQUIRED - set(payload) if isinstance(payload, dict) else {"all"}
+    if not missing and not (isinstance(payload["rng"], dict) and {"python", "numpy", "torch"} <= set(payload["rng"])):
+        missing = {"rng"}
     if missing:
         raise ValueError(f"not an ae-dist checkpoint (missing {sorted(missing)})")
     return payload
+
+
+def check_tensors(payload: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """ValueError unless the checkpoint's model tensors are exactly those of a model with ``shapes``."""
+    model = payload["model"]
+    if not isinstance(model, dict) or set(model) != set(shapes):
+        raise ValueError("its model tensors are not this model's")
+    for key, shape in shapes.items():
+        if not isinstance(model[key], torch.Tensor) or tuple(model[key].shape) != tuple(shape):
+            raise ValueError(f"tensor {key} has shape {tuple(getattr(model[key], 'shape', ()))}, the model's is {shape}")
 
 
 def _check_archive(path: Path) -> None:
@@ -204,20 +219,27 @@ def _check_archive(path: Path) -> None:
         raise ValueError(f"bad bytes in {bad} (CRC-32 mismatch)")
 
 
-def load_latest(folder: Path, warn=lambda line: print(line, file=sys.stderr, flush=True)) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; damaged ones are reported in one line and skipped."""
+def load_latest(folder: Path, warn=lambda line: print(line, file=sys.stderr, flush=True),
+                fits: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads (and ``fits``); damaged ones are reported in one line and skipped."""
     for path in reversed(list_checkpoints(folder)):
         try:
-            return path, read(path)
+            payload = read(path)
+            if fits is not None:
+                fits(path, payload)
+            return path, payload
         except ValueError as err:
             warn(f"warning: skipping damaged checkpoint {path} ({err}); trying the next older one")
     return None
 
 
-def load_path(path: Path) -> tuple[Path, dict]:
+def load_path(path: Path, fits: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict]:
     try:
-        return path, read(path)
-    except FileNotFoundError:
+        payload = read(path)
+        if fits is not None:
+            fits(path, payload)
+        return path, payload
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UsageError("checkpoint not found", str(path), "give an existing file to train.resume, or auto") from None
     except ValueError as err:
         raise UsageError(f"checkpoint cannot be loaded ({err})", str(path), "use another checkpoint") from None

@@ -53,7 +53,9 @@ class TrainConfig:
     epochs: int = _field(10, "number of passes over the training split")
     batch_size: int = _field(64, "GLOBAL batch over all ranks (divisible by world size); incomplete last batch dropped")
     seed: int = _field(0, "seed for weights, the per-epoch permutation and all RNGs")
-    resume: str = _field("auto", "auto (newest complete checkpoint in run.dir) | never | PATH to a checkpoint")
+    resume: str = _field("auto", "auto (newest complete checkpoint in run.dir) | changed (the same, accepting changed "
+                                 "config values, recorded in config-history.jsonl) | never | PATH to a checkpoint")
+    max_steps: int = _field(0, "stop after this many optimizer steps in all (0 = no limit); the run can be continued")
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
     eval_batch_size: int = _field(1000, "batch size for the test-split pass")
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
@@ -78,6 +80,8 @@ class OptimConfig:
 class RunConfig:
     dir: str = _field("runs/default", "run folder: config, metrics, checkpoints, weights, pictures; same folder = resume")
     progress: str = _field("auto", "auto (bar on a terminal, lines otherwise) | bar | lines | off")
+    lease_stale_s: float = _field(60.0, "a run folder's lease held from another host is taken over when its "
+                                        "heartbeat is older than this (seconds)")
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,8 @@ CHOICES = {
 }
 AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every",
               "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
-AT_LEAST_0 = ("train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
-POSITIVE = ("optim.lr", "dist.timeout_s")
+AT_LEAST_0 = ("train.max_steps", "train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
+POSITIVE = ("optim.lr", "dist.timeout_s", "run.lease_stale_s")
 AT_MOST = {"train.batch_size": 1 << 24, "train.eval_batch_size": 1 << 24, "data.synthetic_train": 1 << 24,
            "data.synthetic_test": 1 << 24, "model.latent_dim": 1 << 16, "train.threads": 1 << 12, "train.seed": 1 << 62,
            "dist.timeout_s": 1e7}

@@ -36,6 +36,7 @@ class AeDistError(Exception):
     def __init__(self, what: str, where: str, fix: str, *, more: list[tuple[str, str, str]] | None = None):
         self.problems = [(what, where, fix), *(more or [])]
         self.rank: int | None = None  # the rank that raised it, once the ranks have joined
+        self.all_ranks_alike = False  # every rank raises it alike (a shared decision): rank 0 alone says it
         super().__init__(self.lines()[0])
 
     @classmethod

@@ -11,6 +11,7 @@ that does not answer either means its host (rank 0, or torchrun's agent) is the 
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import threading
 import time
@@ -111,3 +112,25 @@ def peer_lost(err: RuntimeError, heartbeat: Heartbeat | None) -> PeerLost | None
     return PeerLost(f"{what}; rank {heartbeat.rank} gave up ({cause})", f"dist.timeout_s={heartbeat.timeout_s:g}",
                     "the newest checkpoint is intact; run the same command to resume, and find out what stopped "
                     "that rank (or raise dist.timeout_s if it was only slow)")
+
+
+def die_with_launcher(env: dict[str, str], interval_s: float = 1.0) -> None:
+    """Under torchrun or srun, exit (writing nothing more) within seconds of the launching process's death.
+
+    torchrun starts its workers in sessions of their own, so a ``kill -9`` of the agent (the OOM
+    killer, a user) reaches none of them; left alone they would train on and write into a run
+    folder that the rerun of the same command is writing too. A thread compares the parent pid
+    with the one at start: a reparented worker is an orphan, and leaves with os._exit at once.
+    """
+    if env.get("TORCHELASTIC_RUN_ID") is None and env.get("SLURM_STEP_ID") is None:
+        return  # started by a person's shell (nohup, screen): outliving it is wanted
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.write(2, f"error: the launcher (pid {parent}) is gone; this worker (pid {os.getpid()}) stops without "
+                    "writing anything more (launcher): run the same command again to resume\n".encode())
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ae-dist-parent-watch", daemon=True).start()

@@ -1,59 +1,139 @@
-"""Stop requests from the scheduler, turned into a checkpoint at the next step boundary.
+"""Stop requests (the scheduler's signals, Ctrl-C), turned into a checkpoint at the next step boundary.
 
 SLURM sends SIGTERM before killing a job and, with ``--signal=[B:]SIG@SECONDS``, a warning
-signal (SIGUSR1/SIGUSR2) before its time limit. The handler only records the signal; the
-training loop asks `should_stop` at step boundaries, where every rank agrees (a signal
-that reached rank 0 alone stops them all at the same step), writes a checkpoint and
-returns. The command then exits with `EXIT_PREEMPTED` so a wrapper knows to requeue.
+signal (SIGUSR1/SIGUSR2) before its time limit; a person presses Ctrl-C (SIGINT). The
+handlers are installed first thing, before torch is imported, and only record the signal,
+so a stop at any moment has one meaning:
+
+- during start-up (imports, data, W&B, rendezvous): nothing to save; the ranks agree on it
+  just before the first step and stop with exit 75 (130 for Ctrl-C), and the same command
+  starts the run again. A rank held up longer than STARTUP_GRACE_S after the signal (waiting on
+  a peer that is gone) stops by itself with the same status;
+- during training: the loop asks `should_stop` at step boundaries, where every rank agrees
+  (a signal that reached rank 0 alone stops them all at the same step), writes a checkpoint
+  and returns; exit 75 (130 for Ctrl-C);
+- after the last epoch: ignored; the wrap-up (model.pt, pictures, W&B) finishes, exit 0.
+
+A second Ctrl-C ends the process at once (exit 130), without a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import torch
+from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
-from ae_dist.dist import DistInfo, all_reduce_
-from ae_dist.errors import EXIT_PREEMPTED  # noqa: F401  (the exit status of a stop; said here for readers)
+if TYPE_CHECKING:
+    from ae_dist.dist import DistInfo
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 CHECK_EVERY_STEPS = 10  # ranks agree every N steps: one tiny all-reduce per N steps
+STARTUP_GRACE_S = 20.0
+STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
 
 
 class StopSignals:
-    """Context manager: records stop signals while active, restores the old handlers after."""
+    """Records stop signals from `install` until `restore` (a process that exits never restores).
 
-    def __init__(self, info: DistInfo, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
-        self.info = info
+    The Python handler does nothing itself (it runs only when the main thread runs Python
+    code); a thread reads the signal numbers that the C-level handler writes to a wakeup pipe
+    and records them, so a second Ctrl-C, or a stop during a start-up blocked in C (a
+    rendezvous, a collective), is acted on at once.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
         self.signals = signals
         self.received = 0
+        self.phase = STARTING
         self._previous: dict[int, object] = {}
+        self._wakeup: tuple[int, int] | None = None
+        self._old_wakeup_fd = -1
+
+    @classmethod
+    def install(cls, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignals:
+        stop = cls(signals)
+        for sig in signals:
+            stop._previous[sig] = signal.signal(sig, stop._handle)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        stop._wakeup = (read_fd, write_fd)
+        stop._old_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=stop._watch, args=(read_fd,), name="ae-dist-stop-signals", daemon=True).start()
+        return stop
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        """Installed so that the C-level handler writes to the wakeup pipe; `_watch` records."""
+
+    def _record(self, signum: int) -> None:
+        if signum not in self.signals:
+            return
+        if signum == signal.SIGINT and self.received == signal.SIGINT and self.phase != FINISHING:
+            os.write(2, b"interrupted again: stopping now, without a checkpoint\n")
+            os._exit(EXIT_INTERRUPTED)
+        first = not self.received
         self.received = self.received or signum
+        if first and signum == signal.SIGINT and self.phase == TRAINING:
+            os.write(2, b"interrupted: stopping at the next step boundary with a checkpoint (Ctrl-C again: stop now)\n")
+        if first and self.phase == STARTING:
+            threading.Thread(target=self._give_up_starting, args=(signum,), daemon=True).start()
 
-    def __enter__(self) -> StopSignals:
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                self._record(signum)
 
-    def __exit__(self, *exc) -> None:
+    def _give_up_starting(self, signum: int) -> None:
+        deadline = time.monotonic() + STARTUP_GRACE_S
+        while time.monotonic() < deadline:
+            if self.phase != STARTING:
+                return
+            time.sleep(0.1)
+        os.write(2, f"stopped by signal {signum} during start-up (held up {STARTUP_GRACE_S:g} s); nothing to save; "
+                    "run the same command to continue\n".encode())
+        os._exit(exit_status(signum))
+
+    def restore(self) -> None:
+        """Hand the signals back to whoever had them (submitit's requeue handler, for one)."""
         for sig, handler in self._previous.items():
-            # A process stopping for a signal ignores repeats on its way out (torchrun sends SIGTERM to
-            # every worker once one has exited); a handler that someone else installed comes back.
-            stopping = self.received and handler in (signal.SIG_DFL, None)
-            signal.signal(sig, signal.SIG_IGN if stopping else handler)
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            os.close(self._wakeup[1])  # the watching thread reads end-of-file and returns
+            self._wakeup = None
 
-    def should_stop(self, step: int, force_check: bool = False) -> int:
+    def should_stop(self, step: int, info: DistInfo, force_check: bool = False) -> int:
         """The signal number some rank received (0: none); collective every CHECK_EVERY_STEPS."""
-        if not self.info.distributed:
+        if not info.distributed:
             return self.received
         if not force_check and step % CHECK_EVERY_STEPS:
             return 0
-        flag = torch.tensor([self.received], dtype=torch.int64, device=self._flag_device())
-        self.received = int(all_reduce_(flag, self.info, torch.distributed.ReduceOp.MAX).item())
+        import torch
+
+        from ae_dist.dist import all_reduce_
+
+        device = info.device if info.backend == "nccl" else torch.device("cpu")
+        flag = torch.tensor([self.received], dtype=torch.int64, device=device)
+        self.received = int(all_reduce_(flag, info, torch.distributed.ReduceOp.MAX).item())
         return self.received
 
-    def _flag_device(self) -> torch.device:
-        return self.info.device if self.info.backend == "nccl" else torch.device("cpu")
+
+def exit_status(signum: int) -> int:
+    """What a run stopped by ``signum`` exits with: 130 for Ctrl-C, else 75 (run again to continue)."""
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
+
+
+def stopped_line(signum: int, step: int, saved: bool) -> str:
+    what = "checkpoint written" if saved else "before its first step, nothing to save"
+    return f"stopped by signal {signum} at step {step}; {what}, run the same command to continue"

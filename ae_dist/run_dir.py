@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,15 @@ def wandb_name(configured: str, root: Path, env: dict[str, str] | None = None) -
     job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
     task = env.get("SLURM_ARRAY_TASK_ID")
     return Path(root).resolve().name + (f"-{job}" if job else "") + (f"-{task}" if task else "")
+
+
+def launch_command() -> str:
+    """The command as launched, shell-quoted: torchrun's own command line for its workers."""
+    argv = [sys.executable, *sys.argv]
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        try:
+            raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+            argv = [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0") if part]
+        except OSError:
+            pass
+    return shlex.join(argv)

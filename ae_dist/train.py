@@ -29,15 +29,16 @@ from pathlib import Path
 import torch
 
 from ae_dist import data, engine, plots
-from ae_dist.build import Training, build, wrap
+from ae_dist.build import Training, build, is_complete, wrap
 from ae_dist.checkpoint import write_atomic
 from ae_dist.config import Config, check_world_size, help_text, load_config, to_dict
 from ae_dist.console import Progress
 from ae_dist.dist import barrier, cpu_threads, distributed, read_env
-from ae_dist.errors import EXIT_PREEMPTED, AeDistError, as_error, reporting
+from ae_dist.errors import AeDistError, as_error, reporting
+from ae_dist.liveness import die_with_launcher
 from ae_dist.metrics import read_metrics
 from ae_dist.monitor import Monitor, NullMonitor
-from ae_dist.preemption import StopSignals
+from ae_dist.preemption import FINISHING, TRAINING, StopSignals, exit_status, stopped_line
 from ae_dist.run_dir import wandb_run_id
 
 PICTURE_COUNT = 10
@@ -52,33 +53,42 @@ class RunResult:
     signal: int = 0
 
 
-def run(config: Config) -> RunResult:
+def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     """Train (or resume, or find complete) the run in ``config.run.dir``; every rank calls this.
 
-    A project error raised once the ranks have started is marked with this rank, so the
-    rank that failed says so (`ae_dist.errors.say`).
+    ``stop`` records stop signals (installed first thing by the caller; here otherwise). A
+    project error raised once the ranks have started is marked with this rank, so the rank
+    that failed says so (`ae_dist.errors.say`), unless every rank raised it alike.
     """
-    world_size = int(read_env().get("WORLD_SIZE", "1"))
-    check_world_size(config, world_size)  # before any rank waits for the others
+    stop = stop or StopSignals.install()
+    env = read_env()
+    check_world_size(config, int(env.get("WORLD_SIZE", "1")))  # before any rank waits for the others
+    die_with_launcher(env)
     torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
+    training = None
     try:
         with distributed(config.train.device, config.dist.timeout_s) as info:
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
-            return fit(training)
+            return fit(training, stop)
     except (AeDistError, OSError) as err:
         known = as_error(err, config.run.dir)
         if known is None:
             raise
-        known.rank = int(read_env().get("RANK", "0"))
+        if not known.all_ranks_alike:
+            known.rank = int(env.get("RANK", "0"))
         raise known from None
+    finally:
+        if training is not None and training.lease is not None:
+            training.lease.release()
 
 
-def fit(t: Training) -> RunResult:
+def fit(t: Training, stop: StopSignals) -> RunResult:
     """The training loop: steps, logging, checkpoints, stop requests and epoch ends, in this order."""
     cfg, state, info = t.config, t.state, t.info
-    if state.epoch >= cfg.train.epochs:
+    if is_complete(cfg, state.epoch, state.step):
+        stop.phase = FINISHING
         t.say(f"run complete: {t.run_dir.root} (step {state.step})")
         if info.is_main and not t.run_dir.model.exists():
             finish(t)
@@ -92,37 +102,48 @@ def fit(t: Training) -> RunResult:
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
     try:
-        with StopSignals(info) as stop:
-            while state.epoch < cfg.train.epochs:
-                model.train()
-                window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
-                for images in batches.epoch(state.epoch, start=state.batch):
-                    loss, applied = engine.train_step(model, images, t.optimizer, optimizer_step, cfg.train)
-                    state.batch += 1
-                    state.step += 1
-                    if applied:
-                        window.add(loss, state.step)
-                        trained += 1
-                    else:
-                        state.skipped_steps += 1
-                    logging = state.step % cfg.train.log_every == 0
-                    if logging:
-                        window.check(info)
-                        monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
-                                     "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
-                    progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
-                    stopped_by = stop.should_stop(state.step)
-                    if t.checkpointer.due(state.step) or stopped_by:
-                        window.fold(state, info)
-                        t.checkpointer.save(t.model, t.optimizer, state)
-                    if stopped_by:
-                        t.say(f"stopped by signal {stopped_by} at step {state.step}; checkpoint written, "
-                              "run the same command to continue")
-                        return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
-                window.fold(state, info)
-                elapsed = time.perf_counter() - started
-                end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
+        stopped_by = stop.should_stop(state.step, info, force_check=True)  # a stop during start-up
+        if stopped_by:
+            t.say(stopped_line(stopped_by, state.step, saved=False))
+            return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
+        stop.phase, at_max = TRAINING, False
+        while not is_complete(cfg, state.epoch, state.step):
+            model.train()
+            window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
+            for images in batches.epoch(state.epoch, start=state.batch):
+                loss, applied = engine.train_step(model, images, t.optimizer, optimizer_step, cfg.train)
+                state.batch += 1
+                state.step += 1
+                if applied:
+                    window.add(loss, state.step)
+                    trained += 1
+                else:
+                    state.skipped_steps += 1
+                logging = state.step % cfg.train.log_every == 0
+                if logging:
+                    window.check(info)
+                    monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
+                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
+                progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
+                stopped_by = stop.should_stop(state.step, info)
+                at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
+                if t.checkpointer.due(state.step) or stopped_by or at_max:
+                    window.fold(state, info)
+                    t.checkpointer.save(t.model, t.optimizer, state)
+                if stopped_by:
+                    t.say(stopped_line(stopped_by, state.step, saved=True))
+                    return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
+                if at_max:
+                    t.say(f"reached train.max_steps={cfg.train.max_steps} at step {state.step}, "
+                          f"in epoch {state.epoch + 1}; a larger train.max_steps continues the run")
+                    break
+            if at_max:
+                break
+            window.fold(state, info)
+            elapsed = time.perf_counter() - started
+            end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
     finally:
+        stop.phase = FINISHING
         progress.close()
         monitor.close()
     if info.is_main:
@@ -190,11 +211,12 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 
 @reporting
 def main(argv: list[str] | None = None) -> int:
+    stop = StopSignals.install()  # first thing: a stop during start-up means exit 75, not death by signal
     if os.environ.get(TEST_HOOK):
         importlib.import_module(os.environ[TEST_HOOK])
     config, _ = parse_args(argv)
-    result = run(config)
-    return EXIT_PREEMPTED if result.status == "preempted" else 0
+    result = run(config, stop)
+    return exit_status(result.signal) if result.status == "preempted" else 0
 
 
 if __name__ == "__main__":

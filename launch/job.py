@@ -22,7 +22,8 @@ import ae_dist
 from ae_dist import train
 from ae_dist.config import Config
 from ae_dist.dist import master_port
-from ae_dist.errors import EXIT_PREEMPTED, AeDistError, as_error, say
+from ae_dist.errors import AeDistError, as_error, say
+from ae_dist.preemption import StopSignals, exit_status
 
 SINGLE_HOST_EXECUTORS = ("local", "debug")
 
@@ -56,13 +57,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         os.environ.update(torchrun_env(job))
         print(f"ae-dist task {job.global_rank}/{job.num_tasks} on {socket.gethostname()} (job {job.job_id}, "
               f"{job.cluster}); code from {Path(ae_dist.__file__).resolve().parent.parent}", flush=True)
+        stop = StopSignals.install()
         try:
-            result = train.run(self.config)
+            result = train.run(self.config, stop)
         except (AeDistError, OSError) as err:  # said as `python -m ae_dist.train` says it
             known = as_error(err, self.config.run.dir)
             if known is None:
                 raise
             raise SystemExit(say(known)) from None
+        finally:
+            stop.restore()  # submitit's own handlers are back for the requeue below
         if result.status == "preempted":
             self.hand_over(job, result.signal)
         return {"status": result.status, "run_dir": str(result.run_dir), "step": result.step}
@@ -73,4 +77,4 @@ class TrainJob(submitit.helpers.Checkpointable):
         if received == sig and job.global_rank == 0 and job.cluster != "debug":
             print(f"requeueing job {job.job_id}: resumes from the checkpoint just written", flush=True)
             signal.raise_signal(sig)  # submitit's handler: self.checkpoint() -> requeue -> exit
-        raise SystemExit(EXIT_PREEMPTED)
+        raise SystemExit(exit_status(received))
