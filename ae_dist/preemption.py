@@ -77,8 +77,9 @@ class StopSignals:
             os._exit(EXIT_INTERRUPTED)
         first = not self.received
         self.received = self.received or signum
-        if first and signum == signal.SIGINT and self.phase == TRAINING:
-            os.write(2, b"interrupted: stopping at the next step boundary with a checkpoint (Ctrl-C again: stop now)\n")
+        if first and signum == signal.SIGINT and self.phase != FINISHING:
+            when = "at the next step boundary with a checkpoint" if self.phase == TRAINING else "before the first step"
+            os.write(2, f"interrupted: stopping {when} (Ctrl-C again: stop now)\n".encode())
         if first and self.phase == STARTING:
             threading.Thread(target=self._give_up_starting, args=(signum,), daemon=True).start()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ae_dist import data, engine, plots
-from ae_dist.build import Training, build, is_complete, wrap
+from ae_dist.build import Training, build, check_split_sizes, is_complete, load_data, wrap
 from ae_dist.checkpoint import write_atomic
 from ae_dist.config import Config, check_world_size, help_text, load_config, to_dict
 from ae_dist.console import Progress
@@ -37,6 +37,7 @@ from ae_dist.dist import barrier, cpu_threads, distributed, read_env
 from ae_dist.errors import AeDistError, as_error, reporting
 from ae_dist.liveness import die_with_launcher
 from ae_dist.metrics import read_metrics
+from ae_dist.models import build_model
 from ae_dist.monitor import Monitor, NullMonitor
 from ae_dist.preemption import FINISHING, TRAINING, StopSignals, exit_status, stopped_line
 from ae_dist.run_dir import wandb_run_id
@@ -199,11 +200,35 @@ def finish(t: Training) -> None:
     t.say(f"done: {t.run_dir.root} (model.pt, recon.png, latent.png, loss.png, metrics.jsonl)")
 
 
+def dry_run(config: Config) -> int:
+    """Load the data, build the model, take two steps on a copy of nothing: the run folder is not touched."""
+    check_world_size(config, int(read_env().get("WORLD_SIZE", "1")))
+    with distributed(config.train.device, config.dist.timeout_s) as info:
+        torch.manual_seed(config.train.seed)
+        train_split, test_split = load_data(config, info)
+        check_split_sizes(config, len(train_split))
+        raw = build_model(config.model).to(info.device)
+        optimizer = engine.build_optimizer(raw, config.optim, info.device)
+        model, step_optimizer = wrap(raw, config, info), engine.FusedAdamStep(optimizer)
+        batches = data.EpochBatches(train_split, config.train.batch_size, info.rank, info.world_size, config.train.seed)
+        losses = [float(engine.train_step(model, images, optimizer, step_optimizer, config.train)[0].detach())
+                  for images, _ in zip(batches.epoch(0), range(2))]
+        if info.is_main:
+            print(f"dry run: {config.data.name} {len(train_split):,} train / {len(test_split):,} test images; "
+                  f"{config.model.name} {sum(p.numel() for p in raw.parameters()):,} weights on {info.device}; "
+                  f"global batch {config.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}, "
+                  f"{len(batches)} steps per epoch; 2 steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
+                  f"nothing written to {config.run.dir}", flush=True)
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="python -m ae_dist.train", description="Train an autoencoder (CPU, torchrun, srun or submitit).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text())
     parser.add_argument("--config", help="YAML experiment file (default: configs/default.yaml)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="load the data, build the model, take two steps; write nothing, then exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(argv)
     return load_config(args.config, args.overrides), args
@@ -214,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignals.install()  # first thing: a stop during start-up means exit 75, not death by signal
     if os.environ.get(TEST_HOOK):
         importlib.import_module(os.environ[TEST_HOOK])
-    config, _ = parse_args(argv)
+    config, args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(config)
     result = run(config, stop)
     return exit_status(result.signal) if result.status == "preempted" else 0
 
