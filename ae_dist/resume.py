@@ -24,9 +24,9 @@ from ae_dist.errors import UsageError, printable
 from ae_dist.run_dir import RunDir, launch_command
 
 # Keys that do not change how the weights are made: where output goes, how it is shown, when to stop.
-PASS = ("wandb.", "checkpoint.", "run.progress", "run.dir", "run.lease_stale_s", "train.log_every", "train.threads",
-        "train.resume", "train.max_steps", "data.root", "data.download", "dist.timeout_s", "dist.static_graph",
-        "dist.bucket_view")
+PASS = ("wandb.", "checkpoint.", "run.progress", "run.lease_stale_s", "train.log_every", "train.threads",
+        "train.max_steps", "data.root", "data.download", "dist.timeout_s", "dist.static_graph", "dist.bucket_view")
+NOT_COMPARED = ("run.dir", "train.resume")  # where the folder is now, and how this start was asked to resume
 HISTORY = "config-history.jsonl"
 
 
@@ -47,7 +47,8 @@ def flatten(tree: dict[str, Any]) -> dict[str, Any]:
 def changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every key whose value differs between the checkpoint's config and this command's: key -> (old, new)."""
     old, new = flatten(saved), flatten(current)
-    return {key: (old[key], new[key]) for key in new if key in old and old[key] != new[key]}
+    return {key: (old[key], new[key]) for key in new
+            if key in old and old[key] != new[key] and key not in NOT_COMPARED}
 
 
 def refused(found: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:

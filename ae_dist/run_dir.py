@@ -113,7 +113,7 @@ def wandb_name(configured: str, root: Path, env: dict[str, str] | None = None) -
 
 def launch_command() -> str:
     """The command as launched, shell-quoted: torchrun's own command line for its workers."""
-    argv = [sys.executable, *sys.argv]
+    argv = list(sys.orig_argv)  # as typed: python -m ae_dist.train ...
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         try:
             raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
