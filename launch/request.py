@@ -135,7 +135,7 @@ def add_flags(group: argparse._ActionsContainer, ssh: bool) -> None:
 
 def parse_time(value: str | int, where: str = "--time") -> int:
     """Minutes from SLURM's formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
-    text = str(value).strip()
+    text = str(value)
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not match:
         raise UsageError(f"invalid time {text!r}", where, "give minutes, HH:MM:SS or D-HH:MM:SS")
@@ -170,8 +170,8 @@ def convert(f: dataclasses.Field, raw: Any) -> Any:
             raise ValueError(f"give a number, not {raw!r}")
         return number
     if kind == "lines":
-        if isinstance(raw, str):
-            return tuple(line for line in raw.splitlines() if line.strip())
+        if isinstance(raw, str):  # lines end at "\n" only: a stray CR stays in its line, to be refused there
+            return tuple(line for line in raw.split("\n") if line.strip())
         if isinstance(raw, list) and all(isinstance(line, str) for line in raw):
             return tuple(line for line in raw if line.strip())
         raise ValueError("give shell lines: one string, or a list of strings")
