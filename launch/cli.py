@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UsageError, reporting
-from launch import jobs, profiles, remote, request, shell
+from launch import jobs, plan, profiles, remote, request, shell
 from launch.request import Request
 
 SUBCOMMANDS = ("submit", "status", "logs", "cancel", "fetch")
@@ -98,27 +98,27 @@ def forwarded_args(req: Request, args: argparse.Namespace) -> list[str]:
 
 def run_submit(argv: list[str]) -> int:
     from ae_dist.config import dump_yaml, load_config
-    from launch import submit
 
     args = submit_parser().parse_intermixed_args(argv)
     req = request_of(args)
     config = load_config(args.config, args.overrides)
-    sweeps = submit.parse_sweeps(args.sweep)
+    sweeps = plan.parse_sweeps(args.sweep)
     target = remote_of(req)
     request.check(req, scheduler_here=target is None)
+    runs = plan.plan_runs(config, sweeps, req.world_size)  # bad sweeps and batch sizes stop here, not on a login node
     if target is not None:
-        submit.plan_runs(config, sweeps, req.world_size)  # bad sweeps and batch sizes stop here, not there
         record = remote.submit(target, dump_yaml(config), forwarded_args(req, args))
         print(f"on {target.host}:")
-        submit.describe(record, sys.stdout, then=shell.command_line(["python", "-m", "launch",
-                                                                     *request.ssh_args(req, args.cluster)]))
+        jobs.describe(record, sys.stdout, then=shell.command_line(["python", "-m", "launch",
+                                                                   *request.ssh_args(req, args.cluster)]))
         return 0
-    runs = submit.plan_runs(config, sweeps, req.world_size)
+    from launch import submit  # submitit and torch: only where a job is submitted
+
     record, submitted = submit.submit(req, runs)
     if args.json:
         print(record.to_json(), flush=True)
     else:
-        submit.describe(record, sys.stdout)
+        jobs.describe(record, sys.stdout)
     if req.executor == "debug":
         results = [job.result() for job in submitted]
         return EXIT_PREEMPTED if any(r["status"] == "preempted" for r in results) else 0

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -167,6 +168,23 @@ def status(record: Record, out: IO[str] = sys.stdout) -> None:
     for run in record.runs:
         print(f"  run {run.job_id}: {now[run.job_id]}; {run.run_dir}: {progress(run.run_dir)}; "
               f"W&B {record.wandb_project}/{run.wandb_run_id}", file=out)
+
+
+def describe(record: Record, out: IO[str], then: str = "python -m launch") -> None:
+    """What was submitted and where to look: job id, run folders, W&B runs, logs, the next command (``then``:
+    the launcher and its SSH flags, shell-quoted)."""
+    kind = "job array" if len(record.runs) > 1 else "job"
+    print(f"submitted {kind} {record.job_id} ({record.request})", file=out)
+    group = f", group {record.wandb_group}" if record.wandb_group else ""
+    for run in record.runs:
+        print(f"  run {run.job_id}", file=out)
+        print(f"    run folder  {run.run_dir}", file=out)
+        print(f"    W&B run     {record.wandb_project}/{run.wandb_run_id} ({record.wandb_mode}{group})", file=out)
+        print("    logs        " + ", ".join(f"{log} (rank {rank})" for rank, log in enumerate(run.logs)), file=out)
+    job = shlex.quote(record.job_id)  # pasteable as printed: `then` is shell-quoted too
+    print(f"  next          {then} status {job}    # likewise logs, cancel; fetch {job} --to DIR", file=out)
+    out.flush()
+
 
 
 # -------------------------------------------------------------------------------------------

@@ -95,5 +95,12 @@ def check_sbatch_key(key: str, where: str) -> None:
 
 
 def command_line(argv: list[str]) -> str:
-    """A command to print for pasting: each argument shell-quoted."""
-    return shlex.join(argv)
+    """A command to print for pasting, on one line: each argument shell-quoted; one holding a newline (setup
+    lines) as bash's $'...' with the newline escaped."""
+    return " ".join(shlex.quote(arg) if arg.isprintable() else _ansi_c(arg) for arg in argv)
+
+
+def _ansi_c(text: str) -> str:
+    escaped = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return "$'" + "".join(escaped.get(char) or (char if char.isprintable() else f"\\u{ord(char):04x}")
+                          for char in text) + "'"

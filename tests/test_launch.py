@@ -22,7 +22,7 @@ from conftest import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_w
 from wandb_offline import merge_runs, read_runs
 
 from ae_dist.config import load_config
-from launch import cli, job, profiles, request, submit
+from launch import cli, job, plan, profiles, request
 from launch.jobs import REGISTRY, Record
 
 THREADS = ("train.threads=1",)  # the same intra-op threads in the reference and in the job: bitwise comparable
@@ -129,8 +129,8 @@ def test_flags_win_over_the_profile_which_wins_over_defaults(tmp_path: Path) -> 
 
 def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Path) -> None:
     config = load_config(REPO / "configs" / "digits.yaml", [f"run.dir={tmp_path / 'sweep'}"])
-    sweeps = submit.parse_sweeps(["optim.lr=1e-3,3e-3", "model.hidden=[128,64,12],[64,32,8]"])
-    runs = submit.plan_runs(config, sweeps, world_size=2)
+    sweeps = plan.parse_sweeps(["optim.lr=1e-3,3e-3", "model.hidden=[128,64,12],[64,32,8]"])
+    runs = plan.plan_runs(config, sweeps, world_size=2)
     assert [(r.optim.lr, r.model.hidden) for r in runs] == [
         (1e-3, (128, 64, 12)), (1e-3, (64, 32, 8)), (3e-3, (128, 64, 12)), (3e-3, (64, 32, 8))]
     assert len({r.run.dir for r in runs}) == 4
@@ -141,7 +141,7 @@ def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Pa
 def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(REPO / "configs" / "digits.yaml", ["run.dir=runs/x", "data.root=data"])
-    (planned,) = submit.plan_runs(config, [], world_size=1)
+    (planned,) = plan.plan_runs(config, [], world_size=1)
     assert planned.run.dir == str(tmp_path / "runs" / "x") and planned.data.root == str(tmp_path / "data")
 
 
