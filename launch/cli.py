@@ -162,8 +162,11 @@ def run_job_command(command: str, argv: list[str]) -> int:
 
 def _exit_when_stdin_closes() -> None:
     """On a login node, for a laptop's `logs --remote`: the SSH session's end (Ctrl-C there) closes stdin; go too."""
-    while sys.stdin.buffer.read(4096):
-        pass
+    try:
+        while os.read(0, 4096):  # the raw descriptor: sys.stdin's buffer lock, held here, would break interpreter exit
+            pass
+    except OSError:
+        return  # no stdin to watch
     os._exit(EXIT_INTERRUPTED)
 
 
