@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UsageError, reporting
-from launch import jobs, plan, profiles, remote, request, shell
+from launch import checks, jobs, plan, profiles, remote, request, shell
 from launch.request import Request
 
 SUBCOMMANDS = ("submit", "status", "logs", "cancel", "fetch")
@@ -104,7 +104,7 @@ def run_submit(argv: list[str]) -> int:
     config = load_config(args.config, args.overrides)
     sweeps = plan.parse_sweeps(args.sweep)
     target = remote_of(req)
-    request.check(req, scheduler_here=target is None)
+    checks.check(req, scheduler_here=target is None)
     runs = plan.plan_runs(config, sweeps, req.world_size)  # bad sweeps and batch sizes stop here, not on a login node
     if target is not None:
         record = remote.submit(target, dump_yaml(config), forwarded_args(req, args))
@@ -132,7 +132,7 @@ def run_submit(argv: list[str]) -> int:
 def run_job_command(command: str, argv: list[str]) -> int:
     args = job_parser(command).parse_args(argv)
     req = request_of(args)
-    request.check_ssh(req)
+    checks.check_ssh(req)
     target = remote_of(req)
     if target is not None:
         if command == "fetch":

@@ -16,30 +16,18 @@ import argparse
 import dataclasses
 import math
 import re
-import shutil
-import subprocess
+import types
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from ae_dist.errors import UsageError
-from launch import shell
 
 EXECUTORS = ("slurm", "local", "debug")
-# sbatch options the launcher writes itself: each has its own flag, or is not the user's to change.
-RESERVED_SBATCH = {"nodes": "--nodes", "ntasks-per-node": "--tasks-per-node", "gpus-per-node": "--gpus-per-node",
-                   "cpus-per-task": "--cpus-per-task", "mem": "--mem-gb", "time": "--time", "partition": "--partition",
-                   "account": "--account", "qos": "--qos", "constraint": "--constraint", "job-name": "--job-name",
-                   "signal": "--signal-delay-s", "array": "--array-parallelism", "requeue": "--max-requeues",
-                   "no-requeue": "--max-requeues 0", "output": "(the launcher: logs go to run.dir/submitit)",
-                   "error": "(the launcher)", "open-mode": "(the launcher)", "parsable": "(the launcher)",
-                   "wrap": "(the launcher)"}
-
-
-def option(default: Any, help: str, *, kind: type | str = str, flag: str = "", metavar: str | None = None,
-           choices: tuple[str, ...] = (), least: int | None = None, submitit: str = "", ssh: bool = False) -> Any:
-    """A request field: kind is int, float, str, "lines" (shell lines) or "sbatch" (KEY=VALUE pairs)."""
-    return field(default=default, metadata={"help": help, "kind": kind, "flag": flag, "metavar": metavar,
-                                            "choices": choices, "least": least, "submitit": submitit, "ssh": ssh})
+def option(default: Any, help: str, *, flag: str = "", metavar: str | None = None, choices: tuple[str, ...] = (),
+           least: int | None = None, submitit: str = "", ssh: bool = False) -> Any:
+    """A request field; its type annotation says how a flag's text or a profile's value converts (`kind`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "choices": choices,
+                                            "least": least, "submitit": submitit, "ssh": ssh})
 
 
 @dataclass(frozen=True)
@@ -48,39 +36,36 @@ class Request:
 
     executor: str = option("slurm", "slurm, local (processes on this machine) or debug (inside this process)",
                            choices=EXECUTORS)
-    nodes: int = option(1, "nodes per run", kind=int, least=1, submitit="nodes")
-    gpus_per_node: int = option(0, "GPUs per node, one task (rank) per GPU; 0: CPU only", kind=int, least=0,
-                                submitit="gpus_per_node")
-    tasks_per_node: int | None = option(None, "trainer processes per node (default one per GPU, else 1)", kind=int,
-                                        least=1, submitit="tasks_per_node")
-    cpus_per_task: int | None = option(None, "CPU cores per task (sets the trainer's threads)", kind=int, least=1,
+    nodes: int = option(1, "nodes per run", least=1, submitit="nodes")
+    gpus_per_node: int = option(0, "GPUs per node, one task (rank) per GPU; 0: CPU only", least=0, submitit="gpus_per_node")
+    tasks_per_node: int | None = option(None, "trainer processes per node (default one per GPU, else 1)", least=1,
+                                        submitit="tasks_per_node")
+    cpus_per_task: int | None = option(None, "CPU cores per task (sets the trainer's threads)", least=1,
                                        submitit="cpus_per_task")
-    mem_gb: float | None = option(None, "memory per node in GB", kind=float, submitit="mem_gb")
+    mem_gb: float | None = option(None, "memory per node in GB", submitit="mem_gb")
     time: str = option("60", "time limit: minutes, HH:MM:SS or D-HH:MM:SS", submitit="timeout_min")
     partition: str | None = option(None, "SLURM partition (checked against sinfo)", submitit="slurm_partition")
     account: str | None = option(None, "SLURM account", submitit="slurm_account")
     qos: str | None = option(None, "SLURM quality of service", submitit="slurm_qos")
     constraint: str | None = option(None, "SLURM node features (sbatch --constraint)", submitit="slurm_constraint")
     signal_delay_s: int = option(120, "seconds before the time limit that the checkpoint-and-requeue signal comes",
-                                 kind=int, least=0, submitit="slurm_signal_delay_s")
-    max_requeues: int = option(3, "requeues allowed after timeouts and preemptions", kind=int, least=0)
+                                 least=0, submitit="slurm_signal_delay_s")
+    max_requeues: int = option(3, "requeues allowed after timeouts and preemptions", least=0)
     array_parallelism: int | None = option(None, "sweep runs running at once (SLURM's job array throttle, %N)",
-                                           kind=int, least=1, submitit="slurm_array_parallelism")
+                                           least=1, submitit="slurm_array_parallelism")
     sbatch: tuple[tuple[str, str | bool], ...] = option(
         (), "any other sbatch option, passed to SLURM as is (repeat the flag; in a profile, an sbatch: mapping): "
             "gres=gpu:4, exclude=node7, reservation=R, mail-type=END; a bare KEY is a switch (exclusive)",
-        kind="sbatch", metavar="KEY=VALUE", submitit="slurm_additional_parameters")
+        metavar="KEY=VALUE", submitit="slurm_additional_parameters")
     setup: tuple[str, ...] = option((), "shell lines run in the job before python (module loads, venv activation); "
-                                        "they are shell and run as written", kind="lines", metavar="LINES",
-                                    submitit="slurm_setup")
+                                        "they are shell and run as written", metavar="LINES", submitit="slurm_setup")
     job_name: str = option("ae-dist", "SLURM job name", submitit="name")
     host: str | None = option(None, "login node to submit from over SSH: a name from your ssh config, or user@host",
                               flag="--remote", metavar="HOST", ssh=True)
     remote_dir: str = option("ae-dist", "work folder on the login node (relative: below the home there)",
                              metavar="DIR", ssh=True)
     remote_setup: tuple[str, ...] = option((), "shell lines run on the login node before python (venv activation, "
-                                               "modules); they are shell and run as written", kind="lines",
-                                           metavar="LINES", ssh=True)
+                                               "modules); they are shell and run as written", metavar="LINES", ssh=True)
     ssh_config: str | None = option(None, "ssh config file instead of ~/.ssh/config", metavar="FILE", ssh=True)
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)  # (field, flag or profile key)
 
@@ -114,6 +99,17 @@ class Request:
 FIELDS = {f.name: f for f in fields(Request) if "help" in f.metadata}
 
 
+def _kind(hint: Any) -> type | str:
+    """int, float, str, "lines" (a tuple of shell lines) or "sbatch" (a tuple of KEY, VALUE pairs)."""
+    base = next(arg for arg in get_args(hint) if arg is not type(None)) if isinstance(hint, types.UnionType) else hint
+    if get_origin(base) is tuple:
+        return "sbatch" if get_origin(get_args(base)[0]) is tuple else "lines"
+    return base
+
+
+KINDS = {name: _kind(hint) for name, hint in get_type_hints(Request).items() if name in FIELDS}
+
+
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
@@ -124,10 +120,10 @@ def add_flags(group: argparse._ActionsContainer, ssh: bool) -> None:
         if f.metadata["ssh"] != ssh:
             continue
         meta = f.metadata
-        extra: dict[str, Any] = {"action": "append"} if meta["kind"] == "sbatch" else {}
+        extra: dict[str, Any] = {"action": "append"} if KINDS[f.name] == "sbatch" else {}
         if meta["choices"]:
             extra["choices"] = meta["choices"]
-        metavar = meta["metavar"] or ("N" if meta["kind"] is int else None)
+        metavar = meta["metavar"] or ("N" if KINDS[f.name] is int else None)
         shown = f" (default {f.default})" if f.default not in (None, ()) else ""
         group.add_argument(flag_of(f), dest=f.name, metavar=metavar, help=(meta["help"] + shown).replace("%", "%%"),
                            **extra)
@@ -153,7 +149,7 @@ def parse_time(value: str | int, where: str = "--time") -> int:
 
 def convert(f: dataclasses.Field, raw: Any) -> Any:
     """A flag's text or a profile's YAML value as the field's type; ValueError says what was expected."""
-    kind = f.metadata["kind"]
+    kind = KINDS[f.name]
     if kind is int:
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
             raise ValueError("give an integer")
@@ -213,81 +209,13 @@ def build(flags: dict[str, Any], profile: dict[str, Any], profile_path: str = ""
             except ValueError as err:
                 problems.append((f"wrong value ({err})", where, f"see python -m launch --help for {flag_of(f)}"))
                 continue
-            if f.metadata["kind"] == "sbatch":  # key by key: the flag's items over the profile's
+            if KINDS[name] == "sbatch":  # key by key: the flag's items over the profile's
                 origin.update({f"sbatch.{key}": f"{where} {key}" for key, _ in value})
                 value = tuple({**dict(values.get(name, ())), **dict(value)}.items())
             values[name], origin[name] = value, where
     if problems:
         raise UsageError.many(problems)
     return Request(**values, origin=tuple(origin.items()))
-
-
-def check(request: Request, scheduler_here: bool = True) -> None:
-    """Impossible or unsafe requests end here, before anything is submitted (or shipped to a login node)."""
-    check_ssh(request)
-    for name in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "signal_delay_s", "max_requeues",
-                 "array_parallelism"):
-        value, least = getattr(request, name), FIELDS[name].metadata["least"]
-        if value is not None and value < least:
-            raise UsageError(f"{flag_of(FIELDS[name])} is {value}", request.where(name), f"use an integer >= {least}")
-    if request.executor not in EXECUTORS:
-        raise UsageError(f"unknown executor {request.executor!r}", request.where("executor"),
-                         f"use one of {' | '.join(EXECUTORS)}")
-    if request.mem_gb is not None and request.mem_gb <= 0:
-        raise UsageError(f"--mem-gb is {request.mem_gb:g}", request.where("mem_gb"), "use a number > 0")
-    request.time_min  # noqa: B018  (parses, or says why not)
-    for name in ("partition", "account", "qos", "constraint", "job_name"):
-        if getattr(request, name) is not None:
-            shell.check_sbatch_value(getattr(request, name), request.where(name))
-    for key, value in request.sbatch:
-        where = request.where(f"sbatch.{key}")
-        shell.check_sbatch_key(key, where)
-        if key in RESERVED_SBATCH:
-            raise UsageError(f"sbatch option {key} is the launcher's own", where, f"use {RESERVED_SBATCH[key]}")
-        if value is not True:
-            shell.check_sbatch_value(value, where)
-    shell.check_lines(request.setup, request.where("setup"))
-    _check_shape(request)
-    if request.executor == "slurm" and scheduler_here:
-        _check_slurm(request)
-
-
-def check_ssh(request: Request) -> None:
-    if request.host is not None:
-        shell.check_host(request.host, request.where("host"))
-    for name in ("remote_dir", "ssh_config"):
-        if getattr(request, name) is not None:
-            shell.check_name(getattr(request, name), request.where(name))
-    shell.check_lines(request.remote_setup, request.where("remote_setup"))
-
-
-def _check_shape(request: Request) -> None:
-    if request.gpus_per_node and request.ranks_per_node != request.gpus_per_node:
-        raise UsageError(f"{request.tasks_per_node} tasks per node for {request.gpus_per_node} GPUs per node",
-                         request.where("tasks_per_node"), "leave it out: one task per GPU")
-    if request.executor == "local" and request.nodes != 1:
-        raise UsageError(f"the local executor runs on this machine only, not on {request.nodes} nodes",
-                         request.where("nodes"), "use --nodes 1, or --executor slurm")
-    if request.executor == "debug" and request.world_size != 1:
-        raise UsageError("the debug executor runs one process inside this one", request.where("tasks_per_node"),
-                         "use --executor local for several processes")
-
-
-def _check_slurm(request: Request) -> None:
-    if not shutil.which("sbatch"):
-        raise UsageError("no sbatch on this machine and no remote host", "--remote",
-                         "submit from a login node, pass --remote HOST (or a --cluster profile with a host), "
-                         "or use --executor local")
-    if request.partition is None:
-        return
-    result = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=60)
-    if result.returncode:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"sinfo failed ({reason})", request.where("partition"), "check that SLURM answers here (sinfo)")
-    partitions = sorted(set(result.stdout.split()))
-    if request.partition not in partitions:
-        raise UsageError(f"partition {request.partition!r} is not listed by sinfo", request.where("partition"),
-                         f"use one of {', '.join(partitions) or '(none)'}")
 
 
 def submitit_parameters(request: Request) -> dict[str, Any]:
