@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -65,17 +66,43 @@ class Record:
 
 
 def remember(record: Record, registry: Path = REGISTRY) -> None:
+    """Append the record as one line, in one write: launchers running side by side never interleave."""
     registry.parent.mkdir(parents=True, exist_ok=True)
-    with open(registry, "a", encoding="utf-8") as fh:
-        fh.write(record.to_json() + "\n")
+    fd = os.open(registry, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        torn = os.fstat(fd).st_size and not _ends_with_newline(registry)
+        os.write(fd, ("\n" if torn else "").encode() + (record.to_json() + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def read_registry(registry: Path = REGISTRY) -> list[Record]:
+    """Every intact record, oldest first; damaged lines (a launcher killed mid-write) are skipped with one warning."""
+    if not registry.exists():
+        return []
+    records, damaged = [], []
+    for number, line in enumerate(registry.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(Record.from_json(line))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            damaged.append(str(number))
+    if damaged:
+        print(f"warning: skipped {len(damaged)} damaged line(s) of {registry} (line {', '.join(damaged[:5])}"
+              f"{', ...' if len(damaged) > 5 else ''}); the other jobs are intact", file=sys.stderr)
+    return records
 
 
 def find(job_id: str | None, registry: Path = REGISTRY) -> Record:
     """The record of ``job_id`` (a job or one of its sweep tasks), or the newest one."""
-    records = []
-    if registry.exists():
-        records = [Record.from_json(line) for line in registry.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for record in reversed(records):
+    for record in reversed(read_registry(registry)):
         if job_id is None or job_id == record.job_id or any(run.job_id == job_id for run in record.runs):
             return record
     where = f"{Path.cwd() / registry}"
@@ -155,7 +182,8 @@ def progress(run_dir: str) -> str:
     return line + (", model.pt written" if run_complete(run_dir) else "")
 
 
-def status(record: Record, out: IO[str] = sys.stdout) -> None:
+def status(record: Record, out: IO[str] | None = None) -> None:
+    out = out or sys.stdout  # looked up now: sys.stdout may have been replaced since import
     now = states(record)
     overall = "COMPLETED" if all(s == "COMPLETED" for s in now.values()) else ",".join(sorted(set(now.values())))
     print(f"job {record.job_id} ({record.request}; submitted {record.submitted} on {record.host}): {overall}",
@@ -169,12 +197,30 @@ def status(record: Record, out: IO[str] = sys.stdout) -> None:
               f"W&B {record.wandb_project}/{run.wandb_run_id}", file=out)
 
 
+def describe(record: Record, out: IO[str], then: str = "python -m launch") -> None:
+    """What was submitted and where to look: job id, run folders, W&B runs, logs, the next command (``then``:
+    the launcher and its SSH flags, shell-quoted)."""
+    kind = "job array" if len(record.runs) > 1 else "job"
+    print(f"submitted {kind} {record.job_id} ({record.request})", file=out)
+    group = f", group {record.wandb_group}" if record.wandb_group else ""
+    for run in record.runs:
+        print(f"  run {run.job_id}", file=out)
+        print(f"    run folder  {run.run_dir}", file=out)
+        print(f"    W&B run     {record.wandb_project}/{run.wandb_run_id} ({record.wandb_mode}{group})", file=out)
+        print("    logs        " + ", ".join(f"{log} (rank {rank})" for rank, log in enumerate(run.logs)), file=out)
+    job = shlex.quote(record.job_id)  # pasteable as printed: `then` is shell-quoted too
+    print(f"  next          {then} status {job}    # likewise logs, cancel; fetch {job} --to DIR", file=out)
+    out.flush()
+
+
+
 # -------------------------------------------------------------------------------------------
 # Logs, cancel, fetch
 # -------------------------------------------------------------------------------------------
 
-def logs(record: Record, task: int = 0, follow: bool = True, out: IO[str] = sys.stdout) -> None:
+def logs(record: Record, task: int = 0, follow: bool = True, out: IO[str] | None = None) -> None:
     """Print each run's log of task ``task``; with ``follow``, keep printing until the job ends."""
+    out = out or sys.stdout
     paths = []
     for run in record.runs:
         if not 0 <= task < len(run.logs):

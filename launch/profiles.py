@@ -1,9 +1,14 @@
-"""Cluster profiles: one YAML file per cluster, `configs/clusters/NAME.yaml`, picked with `--cluster NAME`.
+"""Cluster profiles: one YAML file per cluster, picked with `--cluster NAME` (or a path to the file).
 
 A profile holds what a user would otherwise type on every submission: the login host for
 SSH, the work folder there, the shell lines that prepare python (module loads, venv
-activation), and the scheduler request (partition, account, qos, GPUs per node, time).
-Flags given on the command line win over the profile; the profile wins over the defaults.
+activation), the scheduler request (partition, account, qos, GPUs per node, time) and any
+other sbatch option under `sbatch:` (gres, exclude, reservation, mail-type, ...). Its keys
+are the fields of `launch.request.Request`, the same names as the flags. Flags win over the
+profile; the profile wins over the defaults.
+
+A name is looked up in `./configs/clusters/`, then `~/.config/ae-dist/clusters/`, then the
+profiles shipped with the package; the first `NAME.yaml` found is used.
 """
 
 from __future__ import annotations
@@ -14,56 +19,60 @@ from typing import Any
 
 import yaml
 
+from ae_dist.config import PACKAGED_CONFIGS
 from ae_dist.errors import UsageError
+from launch.request import EXECUTORS, FIELDS, convert, flag_of
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "clusters"
-EXECUTORS = ("slurm", "local", "debug")
+__all__ = ["EXECUTORS", "KEYS", "available", "available_files", "load", "load_profile", "profile_dirs", "profile_path"]
 
-# key -> (accepted YAML types, meaning); the same names as the command-line flags.
-KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "host": ((str,), "login node for --remote (a name from your ssh config, or user@host)"),
-    "remote_dir": ((str,), "work folder on the login node (code snapshots, configs, runs)"),
-    "remote_setup": ((str, list), "shell lines run on the login node before python (venv activation, modules)"),
-    "ssh_config": ((str,), "ssh config file to use instead of ~/.ssh/config"),
-    "executor": ((str,), "slurm | local | debug"),
-    "partition": ((str,), "SLURM partition"),
-    "account": ((str,), "SLURM account"),
-    "qos": ((str,), "SLURM quality of service"),
-    "constraint": ((str,), "SLURM node features (--constraint)"),
-    "nodes": ((int,), "nodes per job"),
-    "gpus_per_node": ((int,), "GPUs per node; one task per GPU"),
-    "tasks_per_node": ((int,), "tasks (trainer processes) per node when there are no GPUs"),
-    "cpus_per_task": ((int,), "CPU cores per task"),
-    "mem_gb": ((int, float), "memory per node in GB"),
-    "time": ((str, int), "time limit: minutes, HH:MM:SS or D-HH:MM:SS"),
-    "signal_delay_s": ((int,), "seconds before the time limit that the checkpoint-and-requeue signal comes"),
-    "max_requeues": ((int,), "how many times a timed-out job may be requeued"),
-    "setup": ((str, list), "shell lines run in the job before python (module loads, venv activation)"),
-}
+KEYS: dict[str, str] = {name: f.metadata["help"] for name, f in FIELDS.items()}  # profile key -> meaning
+
+
+def profile_dirs() -> list[Path]:
+    """Where profile names are looked up, first match wins."""
+    return [Path("configs") / "clusters", Path("~/.config/ae-dist/clusters").expanduser(), PACKAGED_CONFIGS / "clusters"]
 
 
 def profile_path(name: str) -> Path:
-    """A profile name (configs/clusters/NAME.yaml) or a path to a YAML file."""
+    """A profile name (the first NAME.yaml in `profile_dirs`) or a path to a YAML file."""
     if name.endswith((".yaml", ".yml")) or "/" in name:
         return Path(name)
-    return PROFILE_DIR / f"{name}.yaml"
+    for folder in profile_dirs():
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    found = ", ".join(f"{stem} ({path})" for stem, path in available_files().items())
+    raise UsageError(f"cluster profile {name!r} not found", ", ".join(str(d) for d in profile_dirs()),
+                     f"use one of {found or '(none)'}, or a path to a YAML file")
+
+
+def available_files() -> dict[str, Path]:
+    """Each profile name and the file it stands for (the first folder holding it)."""
+    files: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            files.setdefault(path.stem, path)
+    return dict(sorted(files.items()))
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    return list(available_files())
 
 
 def load_profile(name: str | None) -> dict[str, Any]:
-    """The profile's values, checked: unknown keys and wrong types are errors naming the key."""
+    """The profile's values as written; unknown keys and wrong types are errors naming the file and key."""
+    return load(name)[1]
+
+
+def load(name: str | None) -> tuple[str, dict[str, Any]]:
+    """(the file used, its values); ("", {}) without a profile."""
     if not name:
-        return {}
+        return "", {}
     path = profile_path(name)
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError("cluster profile not found", str(path),
-                         f"use one of {', '.join(available()) or '(none)'} or a path to a YAML file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UsageError("cluster profile not found", str(path), "give the path to an existing YAML file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as err:
         raise UsageError(f"cluster profile unreadable ({err.__class__.__name__})", str(path),
                          "write plain YAML: key: value") from None
     tree = tree or {}
@@ -74,23 +83,13 @@ def load_profile(name: str | None) -> dict[str, Any]:
         if key not in KEYS:
             close = difflib.get_close_matches(str(key), KEYS, n=1)
             problems.append(("unknown cluster profile key", f"{path}: {key}",
-                             f"did you mean {close[0]}?" if close else f"use one of {', '.join(KEYS)}"))
+                             f"did you mean {close[0]}?" if close else
+                             "use a request key (python -m launch --help), or any sbatch option under sbatch:"))
             continue
-        kinds, _ = KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            problems.append((f"wrong type {type(value).__name__}", f"{path}: {key}",
-                             f"give a {' or '.join(k.__name__ for k in kinds)}"))
-        elif isinstance(value, list) and not all(isinstance(line, str) for line in value):
-            problems.append(("expected a list of shell lines", f"{path}: {key}", "quote each line"))
+        try:
+            convert(FIELDS[key], value)
+        except ValueError as err:
+            problems.append((f"wrong value ({err})", f"{path}: {key}", f"see python -m launch --help for {flag_of(FIELDS[key])}"))
     if problems:
         raise UsageError.many(problems)
-    return tree
-
-
-def shell_lines(value: str | list[str] | None) -> list[str]:
-    """Setup given as one string (lines or ';'-separated) or as a list of lines."""
-    if not value:
-        return []
-    if isinstance(value, list):
-        return [line for line in value if line.strip()]
-    return [line for line in value.splitlines() if line.strip()]
+    return str(path), tree

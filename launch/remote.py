@@ -4,7 +4,7 @@ Only the system `ssh` is used, so the user's ssh config applies as it is (keys, 
 ProxyJump, ControlMaster); the tool stores no password or key. A submission is one SSH
 connection: a tar of the code (the git-tracked files plus new files git does not ignore,
 as they are in the working tree) and the resolved config goes in on stdin, lands in
-`<remote-dir>/code/<content hash>/` and `<remote-dir>/submissions/<stamp>/config.yaml`,
+`<remote-dir>/code/<content hash>/` and `<remote-dir>/submissions/<stamp>-<unique>/config.yaml`,
 and `python -m launch --json ...` runs there with that code first on PYTHONPATH. status,
 logs, cancel and fetch run the same subcommands there and bring their output back.
 """
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT_S = 10
 SSH_UNREACHABLE = 255
 SUBMISSION_CONFIG = ".submission-config.yaml"
+HAS_DEPS = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('submitit', 'torch', 'yaml')))"
 NO_PYTHON_DEPS = ("error: python3 on %s cannot import torch, submitit and yaml (--remote-setup): activate the "
                   "environment that has them, e.g. --remote-setup 'source ~/venvs/ae-dist/bin/activate'")
 
@@ -113,23 +114,27 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 
 
 def submit(remote: Remote, config_yaml: str, launch_args: list[str]) -> Record:
-    """Ship code and config, submit there; the record comes back as JSON on stdout's last line."""
+    """Ship code and config, submit there; the record comes back as JSON on stdout's last line.
+
+    Each submission gets its own folder, made by `mktemp -d` there (atomic, unique however many
+    launchers run at once); the code snapshot is renamed into place and `code/current` replaced
+    by a rename, so submissions side by side never see each other's half-written files.
+    """
     code_id, payload = snapshot(config_yaml)
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{code_id[:6]}"
-    config_path = f"submissions/{stamp}/config.yaml"
     unpack_lines = [
-        "mkdir -p code submissions/" + stamp,
+        "mkdir -p code submissions",
+        f"submission=$(mktemp -d submissions/{stamp}-XXXXXX)",
         f"stage=$(mktemp -d code/.incoming-{code_id}.XXXXXX)",
         'tar -xzf - -C "$stage"',
-        f'mv "$stage/{SUBMISSION_CONFIG}" {config_path}',
-        f'if [ -d code/{code_id} ]; then rm -rf "$stage"; else mv "$stage" code/{code_id}; fi',
-        f"ln -sfn {code_id} code/current",
+        f'mv "$stage/{SUBMISSION_CONFIG}" "$submission/config.yaml"',
+        f'if [ -d code/{code_id} ]; then rm -rf "$stage"; else mv -T "$stage" code/{code_id} 2>/dev/null || rm -rf "$stage"; fi',
+        f'ln -sfn {code_id} "code/.current-$$" && mv -T "code/.current-$$" code/current',
     ]
-    check = (f'python3 -c "import submitit, torch, yaml" 2>/dev/null || {{ echo {shlex.quote(NO_PYTHON_DEPS % remote.host)} >&2;'
+    check = (f"python3 -c {shlex.quote(HAS_DEPS)} 2>/dev/null || {{ echo {shlex.quote(NO_PYTHON_DEPS % remote.host)} >&2;"
              " exit 2; }")
-    command = remote.script(*unpack_lines, check, "exec python3 -m launch " + shlex.join(
-        ["submit", "--json", "--config", config_path, *launch_args]), code=code_id)
-    result = remote.run(command, stdin=payload)
+    launch = 'exec python3 -m launch submit --json --config "$submission/config.yaml" ' + shlex.join(launch_args)
+    result = remote.run(remote.script(*unpack_lines, check, launch, code=code_id), stdin=payload)
     lines = result.stdout.decode("utf-8", "replace").splitlines()
     if result.returncode:
         raise SystemExit(result.returncode)  # the remote launcher has said why, on stderr
@@ -141,13 +146,24 @@ def submit(remote: Remote, config_yaml: str, launch_args: list[str]) -> Record:
 
 
 def passthrough(remote: Remote, args: list[str]) -> int:
-    """status / logs / cancel there, output streamed here as it comes."""
-    result = subprocess.run(remote.ssh(remote.launch(args)), stderr=subprocess.PIPE, check=False)
-    err = result.stderr.decode("utf-8", "replace")
-    if result.returncode == SSH_UNREACHABLE:
+    """status / logs / cancel there, output streamed here as it comes.
+
+    ssh's stdin is a pipe this process holds open and never writes: when this process ends
+    (Ctrl-C, a kill), ssh sees its end, the session closes, and `logs --until-stdin-closes`
+    there sees its stdin close and exits; nothing keeps following on the login node.
+    """
+    with subprocess.Popen(remote.ssh(remote.launch(args)), stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            err = proc.stderr.read().decode("utf-8", "replace")
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+    if code == SSH_UNREACHABLE:
         remote._unreachable(err)
     sys.stderr.write(err)
-    return result.returncode
+    return code
 
 
 def fetch(remote: Remote, job_id: str | None, to: Path) -> list[Path]:

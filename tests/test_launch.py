@@ -22,7 +22,7 @@ from conftest import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_w
 from wandb_offline import merge_runs, read_runs
 
 from ae_dist.config import load_config
-from launch import cli, job, profiles, submit
+from launch import cli, job, plan, profiles, request
 from launch.jobs import REGISTRY, Record
 
 THREADS = ("train.threads=1",)  # the same intra-op threads in the reference and in the job: bitwise comparable
@@ -57,7 +57,7 @@ def last_record(tmp: Path) -> Record:
 @pytest.mark.parametrize(("text", "minutes"), [("90", 90), ("1:30", 2), ("02:00:00", 120), ("1-00", 1440),
                                                ("1-2:30", 1590), ("0-0:0:61", 2)])
 def test_time_formats(text: str, minutes: int) -> None:
-    assert submit.parse_time(text) == minutes
+    assert request.parse_time(text) == minutes
 
 
 @pytest.mark.parametrize("argv", [
@@ -118,20 +118,19 @@ def test_flags_win_over_the_profile_which_wins_over_defaults(tmp_path: Path) -> 
     path.write_text("partition: gpu\nnodes: 4\ngpus_per_node: 8\ntime: '2:00:00'\nsetup: |\n  module load cuda\n"
                     "host: login.example.org\nremote_setup: [source venv/bin/activate]\n")
     args = cli.submit_parser().parse_intermixed_args(["--cluster", str(path), "--nodes", "2"])
-    values = cli.settings(args)
-    request = cli.build_request(values, "ae-dist")
-    assert (request.nodes, request.partition, request.gpus_per_node, request.tasks_per_node) == (2, "gpu", 8, 8)
-    assert request.time_min == 120 and request.setup == ("module load cuda",) and request.signal_delay_s == 120
-    remote = cli.remote_of(values)
+    req = cli.request_of(args)
+    assert (req.nodes, req.partition, req.gpus_per_node, req.ranks_per_node) == (2, "gpu", 8, 8)
+    assert req.time_min == 120 and req.setup == ("module load cuda",) and req.signal_delay_s == 120
+    remote = cli.remote_of(req)
     assert remote.host == "login.example.org" and remote.setup == ("source venv/bin/activate",)
-    forwarded = cli.request_args(values, args)  # what the login node's launcher gets
-    assert forwarded[forwarded.index("--nodes") + 1] == "2" and "--cluster" not in forwarded
+    forwarded = cli.forwarded_args(req, args)  # what the login node's launcher gets
+    assert "--nodes=2" in forwarded and not any(arg.startswith(("--cluster", "--remote")) for arg in forwarded)
 
 
 def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Path) -> None:
     config = load_config(REPO / "configs" / "digits.yaml", [f"run.dir={tmp_path / 'sweep'}"])
-    sweeps = submit.parse_sweeps(["optim.lr=1e-3,3e-3", "model.hidden=[128,64,12],[64,32,8]"])
-    runs = submit.plan_runs(config, sweeps, world_size=2)
+    sweeps = plan.parse_sweeps(["optim.lr=1e-3,3e-3", "model.hidden=[128,64,12],[64,32,8]"])
+    runs = plan.plan_runs(config, sweeps, world_size=2)
     assert [(r.optim.lr, r.model.hidden) for r in runs] == [
         (1e-3, (128, 64, 12)), (1e-3, (64, 32, 8)), (3e-3, (128, 64, 12)), (3e-3, (64, 32, 8))]
     assert len({r.run.dir for r in runs}) == 4
@@ -142,7 +141,7 @@ def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Pa
 def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(REPO / "configs" / "digits.yaml", ["run.dir=runs/x", "data.root=data"])
-    (planned,) = submit.plan_runs(config, [], world_size=1)
+    (planned,) = plan.plan_runs(config, [], world_size=1)
     assert planned.run.dir == str(tmp_path / "runs" / "x") and planned.data.root == str(tmp_path / "data")
 
 
