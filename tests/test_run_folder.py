@@ -225,7 +225,8 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     job = Job.start([*TINY, *SLOW_START, f"run.dir={run_dir}"], tmp_path)
     pid = job.procs[0].pid
-    wait_for(lambda: handles(pid, signal.SIGUSR1) or job.check_running(), 60, "the stop handlers")  # not SIGINT: Python has its own
+    # SIGUSR1, not SIGINT: Python has a SIGINT handler of its own from the start
+    wait_for(lambda: handles(pid, signal.SIGUSR1) or job.check_running(), 60, "the stop handlers")
     os.kill(pid, signal.SIGINT)
     wait_for(lambda: "interrupted: stopping before the first step" in job.output() or job.check_running(), 60,
              "the first Ctrl-C to be seen")
