@@ -19,26 +19,32 @@ holds the step, the loss window and the evaluation.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ae_dist import data, engine, plots
-from ae_dist.build import Training, build, wrap
-from ae_dist.checkpoint import write_atomic
-from ae_dist.config import Config, check_world_size, help_text, load_config, to_dict
+from ae_dist import cli
+from ae_dist.config import Config, check_world_size, dump_yaml, to_dict
 from ae_dist.console import Progress
-from ae_dist.dist import barrier, cpu_threads, distributed, read_env
 from ae_dist.errors import EXIT_PREEMPTED, AeDistError, as_error, reporting
 from ae_dist.metrics import read_metrics
 from ae_dist.monitor import Monitor, NullMonitor
-from ae_dist.preemption import StopSignals
 from ae_dist.run_dir import wandb_run_id
+
+if TYPE_CHECKING:  # imported by `trainer_imports`, once the arguments are parsed and the config is valid
+    import torch
+
+    from ae_dist import data, engine, plots
+    from ae_dist.build import Training, build, wrap
+    from ae_dist.checkpoint import write_atomic
+    from ae_dist.dist import barrier, cpu_threads, distributed, read_env
+    from ae_dist.preemption import StopSignals
 
 PICTURE_COUNT = 10
 TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
@@ -52,6 +58,31 @@ class RunResult:
     signal: int = 0
 
 
+def trainer_imports(function: Callable) -> Callable:
+    """Import torch and the trainer's modules (into this module) before ``function`` first runs.
+
+    Not at the top: `--help`, `--print-config` and a config error then answer without loading
+    torch and matplotlib (seconds on a busy machine; see benchmarks/cli_latency.py).
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        global torch, data, engine, plots, Training, build, wrap, write_atomic
+        global barrier, cpu_threads, distributed, read_env, StopSignals
+        import torch
+
+        from ae_dist import data, engine, plots
+        from ae_dist.build import Training, build, wrap
+        from ae_dist.checkpoint import write_atomic
+        from ae_dist.dist import barrier, cpu_threads, distributed, read_env
+        from ae_dist.preemption import StopSignals
+
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@trainer_imports
 def run(config: Config) -> RunResult:
     """Train (or resume, or find complete) the run in ``config.run.dir``; every rank calls this.
 
@@ -166,7 +197,8 @@ def draw_pictures(t: Training) -> dict[str, Path]:
     title = f"epoch {t.state.epoch}, step {t.state.step}"
     paths = {"recon": t.run_dir.picture("recon"), "latent": t.run_dir.picture("latent")}
     plots.draw_reconstructions(shown, recon, paths["recon"], f"test images above reconstructions ({title})")
-    plots.draw_latent(codes, split.labels, paths["latent"], f"test-set latent codes by class ({title})")
+    plots.draw_latent(codes, split.labels, paths["latent"], f"test-set latent codes by class ({title})",
+                      data.CLASS_NAMES.get(t.config.data.name))
     return paths
 
 
@@ -179,20 +211,19 @@ def finish(t: Training) -> None:
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(
-        prog="python -m ae_dist.train", description="Train an autoencoder (CPU, torchrun, srun or submitit).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text())
-    parser.add_argument("--config", help="YAML experiment file (default: configs/default.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_args(argv)
-    return load_config(args.config, args.overrides), args
+    """Flags and key=value overrides in any order (`ae_dist.cli`); the config they make, validated."""
+    parser = cli.train_parser()
+    return cli.train_args(argv, parser)
 
 
 @reporting
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get(TEST_HOOK):
         importlib.import_module(os.environ[TEST_HOOK])
-    config, _ = parse_args(argv)
+    config, args = parse_args(argv)
+    if args.print_config:
+        print(dump_yaml(config), end="", flush=True)
+        return 0
     result = run(config)
     return EXIT_PREEMPTED if result.status == "preempted" else 0
 
