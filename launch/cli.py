@@ -135,11 +135,12 @@ def request_args(values: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 def run_submit(argv: list[str]) -> int:
     from ae_dist.config import dump_yaml, load_config
-    from launch import submit
 
     args = submit_parser().parse_intermixed_args(argv)
     values = settings(args)
     config = load_config(args.config, args.overrides)
+    from launch import submit  # torch and submitit: after --help and a config error have answered
+
     sweeps = submit.parse_sweeps(args.sweep)
     request = build_request(values, args.job_name)
     target = remote_of(values)
