@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import PYTHON, REPO, clean_env
+from faults_helpers import report
 
 from ae_dist.config import ModelConfig, dump_yaml, load_config
 from ae_dist.models import build_model
@@ -61,9 +63,22 @@ def measured(argv: list[str], tmp: Path) -> tuple[int, str, float, float]:
     return status, stderr, seconds, peak_mb
 
 
+@pytest.fixture(scope="module")
+def bombs() -> Iterator[list[tuple[str, float, float, int]]]:
+    """Each bomb's (first error line, seconds, peak MB, bytes); one row of the README's fault table at the end."""
+    seen: list[tuple[str, float, float, int]] = []
+    yield seen
+    if seen:
+        line, size = seen[0][0], seen[0][3]
+        report("YAML alias bomb", f"a {size}-byte config of nested aliases (9^9 items) in an int, bool, float or list "
+               "field: `python -m ae_dist.train --config`, `ae_dist.evaluate` (the run's config.yaml), `launch --config`",
+               f"`{line[:line.index(' (/')]} (FILE:2): ...`, exit 2, each within {max(s for _, s, _, _ in seen):.1f} s and "
+               f"{max(m for _, _, m, _ in seen):.0f} MB peak RSS, as for an ordinary bad value", "none", "none")
+
+
 @pytest.mark.parametrize("module, kind", [("ae_dist.train", kind) for kind in FIELDS]
                          + [("ae_dist.evaluate", "list"), ("launch", "int")])
-def test_alias_bomb_is_one_line_fast_and_small(tmp_path: Path, module: str, kind: str) -> None:
+def test_alias_bomb_is_one_line_fast_and_small(tmp_path: Path, module: str, kind: str, bombs: list) -> None:
     bomb, ordinary = tmp_path / "bomb.yaml", tmp_path / "ordinary.yaml"
     bomb.write_text(BOMB_HEAD + FIELDS[kind], encoding="utf-8")
     ordinary.write_text(ORDINARY, encoding="utf-8")
@@ -75,6 +90,7 @@ def test_alias_bomb_is_one_line_fast_and_small(tmp_path: Path, module: str, kind
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "uses a YAML alias (*a)" in lines[0], stderr
     assert seconds < SECONDS and peak_mb - base_mb < EXTRA_MB
+    bombs.append((lines[0], seconds, peak_mb, len(bomb.read_bytes())))
 
 
 def broken_run(tmp: Path, hole: str) -> Path:
@@ -105,8 +121,18 @@ HOLES = {"config is a list": "must be a mapping of sections (it holds a list)",
          "weights not torch": "model.pt cannot be loaded"}
 
 
+@pytest.fixture(scope="module")
+def holes() -> Iterator[list[str]]:
+    seen: list[str] = []
+    yield seen
+    if seen:
+        report("broken run folder", f"`python -m ae_dist.evaluate RUN` with {', '.join(seen)}",
+               "one `error:` line naming the file, e.g. `error: run config holds the key train twice (RUN/config.yaml:N): "
+               "...`; exit 2, no traceback, nothing written", "none", "none")
+
+
 @pytest.mark.parametrize("hole", HOLES)
-def test_evaluate_on_a_broken_run_folder_is_one_line(tmp_path: Path, hole: str) -> None:
+def test_evaluate_on_a_broken_run_folder_is_one_line(tmp_path: Path, hole: str, holes: list) -> None:
     run = broken_run(tmp_path, hole)
     result = subprocess.run([PYTHON, "-m", "ae_dist.evaluate", str(run)], cwd=tmp_path, env=clean_env(tmp_path),
                             capture_output=True, text=True, timeout=300)
@@ -114,6 +140,7 @@ def test_evaluate_on_a_broken_run_folder_is_one_line(tmp_path: Path, hole: str) 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and HOLES[hole] in lines[0], result.stderr
     assert not (run / "eval").exists()
+    holes.append(hole)
 
 
 def test_run_dir_tilde_is_the_home_folder(tmp_path: Path) -> None:
@@ -127,3 +154,5 @@ def test_run_dir_tilde_is_the_home_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "home" / "runs" / "x" / "model.pt").is_file()  # clean_env's HOME
     assert not (work / "~").exists()
+    report("run.dir=~/x", "`python -m ae_dist.train run.dir=~/runs/x` (run.dir from a shared YAML file alike)",
+           "the run lands in $HOME/runs/x, as data.root's ~ does; no folder literally named ~ is made", "none", "none")
