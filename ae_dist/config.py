@@ -1,28 +1,27 @@
 """One typed config tree: defaults, then YAML, then dotted overrides (`train.epochs=3`).
 
-Every field carries its meaning in ``metadata["help"]``, which `--help` prints. Values from
-YAML and from the command line are converted by the field's declared type, so `1e-3` is a
-float whatever PyYAML thinks of it. All problems are reported at once, each naming its
-dotted key and the fix.
+    python -m ae_dist.train --config digits train.epochs=3 optim.lr=3e-3
+
+Every field carries its meaning in ``metadata["help"]``, which `--help` prints; a field with a
+fixed set of values is typed ``Literal[...]`` and those values are its choices (checked here,
+listed by `--help`). Values from YAML and from the command line are converted by the field's
+declared type, so `1e-3` is a float whatever PyYAML thinks of it. All problems are reported
+at once, each naming its dotted key and the fix. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from ae_dist.config_file import DEFAULT_CONFIG, PACKAGED_CONFIGS, find_config, flatten, read_config_file, read_yaml
+from ae_dist.config_types import choices, convert, shown, type_word
 from ae_dist.errors import UsageError
-
-PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # experiments; cluster profiles in clusters/
-DEFAULT_CONFIG = PACKAGED_CONFIGS / "default.yaml"
-DATASETS = ("fashion_mnist", "mnist", "digits", "synthetic")
-MODELS = ("mlp", "conv")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -33,7 +32,8 @@ def _field(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _field("fashion_mnist", "dataset: fashion_mnist | mnist | digits | synthetic")
+    name: Literal["fashion_mnist", "mnist", "digits", "synthetic"] = _field(
+       "fashion_mnist", "dataset; digits (scikit-learn's, bundled) and synthetic need no download")
     root: str = _field("./data", "folder holding torchvision's dataset folders (FashionMNIST/raw, MNIST/raw)")
     download: bool = _field(True, "download fashion_mnist/mnist into data.root when missing")
     synthetic_train: int = _field(60_000, "number of training images of the synthetic dataset")
@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _field("mlp", "model: mlp (the seed's exact autoencoder) | conv")
+    name: Literal["mlp", "conv"] = _field("mlp", "mlp: the seed's exact autoencoder; conv: stride-2 convolutions")
     latent_dim: int = _field(3, "size of the latent code")
     hidden: tuple[int, ...] = _field((128, 64, 12), "mlp hidden widths, encoder order (decoder mirrors them)")
     channels: tuple[int, ...] = _field((16, 32), "conv channels per stride-2 stage")
@@ -59,27 +59,32 @@ class TrainConfig:
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
     eval_batch_size: int = _field(1000, "batch size for the test-split pass")
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
-    nan_policy: str = _field("stop", "on NaN/Inf loss: stop (exit naming the step) | skip (drop that step's update, count it)")
-    precision: str = _field("fp32", "fp32 | bf16 (autocast; CUDA and CPU; not bitwise comparable with fp32)")
+    nan_policy: Literal["stop", "skip"] = _field(
+        "stop", "on a NaN/Inf loss: stop = exit naming the step; skip = drop that step's update and count it")
+    precision: Literal["fp32", "bf16"] = _field("fp32", "bf16 = autocast (CUDA and CPU; not bitwise comparable with fp32)")
     flush_denormal: bool = _field(True, "CPU: flush denormal floats to zero; else near-zero sigmoid outputs slow steps "
                                         "~6x after an epoch; resumes bitwise, results differ from false in the last bits")
-    compile: str = _field("off", "off | default | reduce-overhead (torch.compile; the latter with CUDA graphs; first steps "
-                                 "slower; on CPU resumes bitwise, results differ from off in the last bits)")
-    device: str = _field("auto", "auto (cuda:LOCAL_RANK when CUDA is available, else cpu) | cpu | cuda")
+    compile: Literal["off", "default", "reduce-overhead"] = _field(
+        "off", "torch.compile mode (reduce-overhead: with CUDA graphs); first steps slower; on CPU resumes bitwise, "
+               "results differ from off in the last bits")
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = _field(1e-3, "Adam learning rate")
     weight_decay: float = _field(1e-5, "Adam weight decay (L2, as torch.optim.Adam)")
-    impl: str = _field("auto", "Adam: auto (fused where the device has it, CPU included) | fused | foreach | loop; "
-                               "each resumes bitwise, they differ in the last bits")
+    impl: Literal["auto", "fused", "foreach", "loop"] = _field(
+        "auto", "Adam implementation; auto = fused where the device has it, CPU included; each resumes bitwise, "
+                "they differ in the last bits")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    dir: str = _field("runs/default", "run folder: config, metrics, checkpoints, weights, pictures; same folder = resume")
-    progress: str = _field("auto", "auto (bar on a terminal, lines otherwise) | bar | lines | off")
+    dir: str = _field("runs/default", "run folder (~ expands): config, metrics, checkpoints, weights, pictures; "
+                                      "same folder = resume")
+    progress: Literal["auto", "bar", "lines", "off"] = _field(
+        "auto", "auto = a bar on a terminal, else plain lines with rate and ETA (SLURM logs)")
     lease_stale_s: float = _field(60.0, "a run folder's lease held from another host is taken over when its "
                                         "heartbeat is older than this (seconds)")
 
@@ -99,7 +104,8 @@ class DistConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: str = _field("", "online | offline | disabled; empty = online when W&B credentials exist, else offline")
+    mode: Literal["", "online", "offline", "disabled"] = _field(
+        "", "W&B mode; empty = online when W&B credentials exist, else offline")
     project: str = _field("ae-dist", "W&B project")
     entity: str = _field("", "W&B entity (team or user); empty = your default")
     group: str = _field("", "W&B group; empty = SLURM job id or torchrun run id when present")
@@ -119,17 +125,6 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-CHOICES = {
-    "data.name": DATASETS,
-    "model.name": MODELS,
-    "train.nan_policy": ("stop", "skip"),
-    "train.precision": ("fp32", "bf16"),
-    "train.compile": ("off", "default", "reduce-overhead"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "optim.impl": ("auto", "fused", "foreach", "loop"),
-    "run.progress": ("auto", "bar", "lines", "off"),
-    "wandb.mode": ("", "online", "offline", "disabled"),
-}
 AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every",
               "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
 AT_LEAST_0 = ("train.max_steps", "train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
@@ -155,81 +150,24 @@ def leaf_fields() -> dict[str, tuple[type, dataclasses.Field]]:
     return leaves
 
 
-def _convert(key: str, value: Any, kind: Any) -> Any:
-    """Convert a YAML or command-line value to the declared type, or raise ValueError."""
-    if get_origin(kind) is tuple:
-        items = value
-        if isinstance(value, str):
-            items = [v for v in value.strip("[]()").replace(" ", "").split(",") if v]
-        if not isinstance(items, (list, tuple)):
-            raise ValueError(f"expected a list of integers, got {value!r}")
-        return tuple(_convert(key, v, get_args(kind)[0]) for v in items)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        try:
-            return int(value) if not isinstance(value, str) else int(value.replace("_", ""), 0)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        return number
-    if kind is str:
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got {type(value).__name__}")
-        return "" if value is None else str(value)
-    raise TypeError(f"unsupported field type {kind} for {key}")  # a bug, not bad input
+DATASETS: tuple[str, ...] = choices(get_type_hints(DataConfig)["name"])
+MODELS: tuple[str, ...] = choices(get_type_hints(ModelConfig)["name"])
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and "." not in dotted:
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into flat dotted keys (``yaml.safe_load``: no tags, no code)."""
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError("config file not found", str(path), "pass an existing YAML file to --config") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError("config file unreadable", str(path), f"fix the file ({err.__class__.__name__})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}" if mark else str(path)
-        reason = getattr(err, "problem", None) or "invalid YAML"
-        raise UsageError(f"config file is not valid YAML ({reason})", at, "write plain YAML: sections of key: value") from None
-    except (RecursionError, ValueError, OverflowError) as err:  # deep nesting; a 5,000-digit integer
-        what = "nests too deeply" if isinstance(err, RecursionError) else f"holds a value YAML cannot convert ({err})"
-        raise UsageError(f"config file {what[:120]}", str(path), "write plain YAML: sections of key: value") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict) or not all(isinstance(k, str) for k in tree):
-        raise UsageError("config file must be a mapping of sections", str(path), "write e.g. 'train:\\n  epochs: 3'")
-    return _flatten(tree)
+def suggest_key(text: str) -> str | None:
+    """The config key someone most likely meant, searching every section (`train.lr` -> `optim.lr`)."""
+    text = text.strip().lstrip("-").replace("-", "_")
+    section, _, name = text.rpartition(".")
+    best, best_score = None, 0.0
+    for key in leaf_fields():
+        key_section, key_name = key.split(".", 1)
+        score = max(difflib.SequenceMatcher(None, name, key_name).ratio(),
+                    difflib.SequenceMatcher(None, text, key).ratio(),
+                    difflib.SequenceMatcher(None, text, key.replace(".", "_")).ratio())
+        score += 0.01 * (key_section == section)  # ties go to the section written
+        if score > best_score:
+            best, best_score = key, score
+    return best if best_score >= 0.6 else None
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -237,7 +175,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError("override is not key=value", item, "write e.g. train.epochs=3")
+            raise UsageError("override is not key=value", shown(item)[1:-1], "write e.g. train.epochs=3")
         overrides[key.strip()] = value
     return overrides
 
@@ -249,15 +187,15 @@ def build_config(values: dict[str, Any], source: str = "config") -> Config:
     sections: dict[str, dict[str, Any]] = {name: {} for name in _sections()}
     for key, raw in values.items():
         if key not in leaves:
-            close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "see --help for every key"
-            problems.append((f"unknown config key in {source}", key, hint))
+            close = suggest_key(key)
+            hint = f"did you mean {close}?" if close else "see --help for every key"
+            problems.append((f"unknown config key in {source}", shown(key)[1:-1], hint))
             continue
         kind, _ = leaves[key]
         try:
-            value = _convert(key, raw, kind)
+            value = convert(raw, kind)
         except ValueError as err:
-            problems.append((f"wrong type: {err}", key, f"give a {getattr(kind, '__name__', 'list')} value"))
+            problems.append((f"wrong type, {err}", key, f"give {type_word(kind)}"))
             continue
         section, name = key.split(".", 1)
         sections[section][name] = value
@@ -273,10 +211,9 @@ def build_config(values: dict[str, Any], source: str = "config") -> Config:
 def validate(config: Config) -> list[tuple[str, str, str]]:
     flat = to_flat(config)
     problems = []
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            shown = " | ".join(a for a in allowed if a) or "''"
-            problems.append((f"invalid value {flat[key]!r}", key, f"use one of {shown}"))
+    for key, (kind, _) in leaf_fields().items():
+        if choices(kind) and flat[key] not in choices(kind):
+            problems.append((f"invalid value {shown(flat[key])}", key, f"use {type_word(kind)}"))
     for key in AT_LEAST_1:
         if flat[key] < 1:
             problems.append((f"invalid value {flat[key]!r}", key, "use an integer >= 1"))
@@ -290,7 +227,7 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
         problems.append((f"invalid value {flat['optim.weight_decay']!r}", "optim.weight_decay", "use a number >= 0"))
     for key in ("model.hidden", "model.channels"):
         if not flat[key] or any(width < 1 for width in flat[key]):
-            problems.append((f"invalid value {list(flat[key])!r}", key, "use a list of integers >= 1"))
+            problems.append((f"invalid value {shown(list(flat[key]))}", key, "use a list of integers >= 1"))
     for key, most in AT_MOST.items():
         if flat[key] > most:
             problems.append((f"value too large ({flat[key]:.3g})", key, f"use at most {most:g}"))
@@ -332,10 +269,18 @@ def check_world_size(config: Config, world_size: int) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (configs/default.yaml when None), then dotted overrides."""
-    values = read_yaml(path if path is not None else DEFAULT_CONFIG)
-    source = "--config file" if path is not None else str(DEFAULT_CONFIG)
-    build_config(values, source)  # problems in the file are named as the file's
+    """Defaults, then the YAML file (a path, a packaged name, or the packaged default.yaml), then dotted overrides."""
+    found = find_config(path)
+    values = read_config_file(found)
+    build_config(values, "--config file" if path is not None else str(found))  # the file's problems named as its own
+    values.update(parse_overrides(overrides or []))
+    return build_config(values, "overrides")
+
+
+def load_saved(path: Path, overrides: list[str] | None = None) -> Config:
+    """A run folder's config.yaml (read as safely as --config), then dotted overrides."""
+    values = read_yaml(path, what="run config", missing_fix="give the run.dir of a run")
+    build_config(values, str(path))
     values.update(parse_overrides(overrides or []))
     return build_config(values, "overrides")
 
@@ -351,22 +296,17 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def from_dict(tree: dict[str, Any]) -> Config:
-    return build_config(_flatten(tree), "saved config")
+    return build_config(flatten(tree), "saved config")
+
+
+class _PlainDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:  # config files take no aliases: never write one
+        return True
 
 
 def dump_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    return yaml.dump(to_dict(config), Dumper=_PlainDumper, sort_keys=False)
 
 
-def help_text() -> str:
-    lines = ["config keys (set in YAML or as dotted.key=value):"]
-    for key, (kind, f) in leaf_fields().items():
-        default = f.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else repr(default)
-        type_name = "list" if get_origin(kind) is tuple else kind.__name__
-        lines.append(f"  {key:<28} {type_name:<5} default {shown:<16} {f.metadata['help']}")
-    return "\n".join(lines)
-
-
-__all__ = ["Config", "load_config", "build_config", "check_world_size", "help_text", "to_dict", "from_dict",
-           "dump_yaml"]
+__all__ = ["PACKAGED_CONFIGS", "DEFAULT_CONFIG", "Config", "load_config", "load_saved", "build_config", "check_world_size",
+           "to_dict", "from_dict", "dump_yaml", "choices", "suggest_key"]

@@ -1,4 +1,10 @@
-"""What a person watching the run sees: a progress bar on a terminal, plain lines in a log."""
+"""What a person watching the run sees: a progress bar on a terminal, plain lines in a log.
+
+With a bar, every other line (the epoch lines, messages) goes through `write`, which prints
+it above the bar (`tqdm.write`) instead of gluing it onto the bar's line. Without one (SLURM
+logs, run.progress=lines) a plain line every train.log_every steps says the step, the loss,
+the rate in steps/s and the time left.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,27 @@ import sys
 import time
 from typing import Any
 
+_BARS: list[Progress] = []  # the bar being shown, if any: `write` prints above it
+
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return (f"epoch {record['epoch']}/{epochs}, loss: {record['train_loss']:.4f}, "
             f"test loss: {record['test_loss']:.4f}, {record['samples_per_s']:,.0f} samples/s")
+
+
+def write(line: str) -> None:
+    """Print one line to stdout; above the progress bar while one is shown."""
+    if _BARS:
+        _BARS[-1].write(line)
+    else:
+        print(line, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Progress:
@@ -22,15 +45,17 @@ class Progress:
         self.mode = mode if enabled else "off"
         self.every, self.total = every, total
         self.bar = None
-        self.started = time.perf_counter()
+        self.started, self.first_step = time.perf_counter(), 0
         if self.mode == "bar":
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            _BARS.append(self)
 
     def start_at(self, step: int) -> None:
+        self.started, self.first_step = time.perf_counter(), step
         if self.bar is not None:
-            self.bar.n = step
+            self.bar.n = self.bar.last_print_n = step
             self.bar.refresh()
 
     def update(self, step: int, epoch: int, loss: float | None) -> None:
@@ -39,9 +64,21 @@ class Progress:
             if loss is not None:
                 self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", refresh=False)
         elif self.mode == "lines" and loss is not None and math.isfinite(loss):
-            print(f"step {step}/{self.total} epoch {epoch} loss {loss:.4f} "
-                  f"({time.perf_counter() - self.started:.0f}s)", flush=True)
+            print(self.line(step, epoch, loss), flush=True)
+
+    def line(self, step: int, epoch: int, loss: float) -> str:
+        """``step 40/90 epoch 2 loss 0.0612 (0:12, 3.3 steps/s, ETA 0:15)``: rate and time left since this start."""
+        elapsed = time.perf_counter() - self.started
+        rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        eta = duration((self.total - step) / rate) if rate > 0 else "?"
+        return f"step {step}/{self.total} epoch {epoch} loss {loss:.4f} ({duration(elapsed)}, {rate:.1f} steps/s, ETA {eta})"
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            _BARS.remove(self)
+            self.bar = None

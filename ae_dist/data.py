@@ -22,6 +22,13 @@ from ae_dist.config import DataConfig
 from ae_dist.errors import UsageError
 
 TORCHVISION_CLASSES = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+CLASS_NAMES = {  # label -> name, for the latent picture's legend
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple("0123456789"),
+    "digits": tuple("0123456789"),
+    "synthetic": tuple(f"cell {row},{col}" for row in range(2) for col in range(5)),  # the blob's grid cell
+}
 DIGITS_TEST_SIZE = 297  # of scikit-learn's 1,797 images; the rest (1,500) train
 
 

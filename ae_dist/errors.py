@@ -8,7 +8,7 @@ that prints and maps them, used by ``python -m ae_dist.train`` and by each submi
 
 Who speaks: an error raised before the ranks joined (a bad config) is the same on every rank,
 so rank 0 alone prints it; one raised after is this rank's own (`AeDistError.rank` is set by
-`ae_dist.train.run`) and every failing rank prints its line, prefixed ``rank N:`` off rank 0.
+`ae_dist.trainer.run`) and every failing rank prints its line, prefixed ``rank N:`` off rank 0.
 """
 
 from __future__ import annotations

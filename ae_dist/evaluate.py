@@ -1,83 +1,115 @@
-"""Test loss and pictures for a finished or running run.
+"""Test loss and pictures of a finished or running run, written to RUN/eval/.
 
     python -m ae_dist.evaluate runs/digits
+    python -m ae_dist.evaluate runs/digits data.root=/scratch/data    # overrides of the run's config
 
-Reads the run's resolved config.yaml and its final model.pt, or the newest complete
-checkpoint while the run is still training; prints the test loss and redraws recon.png,
-latent.png and loss.png in the run folder.
+Reads the run's resolved config.yaml (as safely as `--config`: no aliases, no repeated keys)
+and its final model.pt, or the newest complete checkpoint while the run is still training;
+prints the test loss and draws recon.png, latent.png and loss.png into RUN/eval/, titled with
+the weights they show. The training's own pictures in RUN are left as they are. A run folder
+that is not one (no config.yaml, a config that is not a mapping or not UTF-8, weights of
+another model) is one `error:` line and exit 2. torch is imported only once the arguments
+and the config are known to be good.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-
-from ae_dist import checkpoint, data, engine, plots
-from ae_dist.config import from_dict
-from ae_dist.dist import DistInfo
+from ae_dist.cli import evaluate_args
+from ae_dist.config import Config, load_saved
 from ae_dist.errors import UsageError, reporting
 from ae_dist.metrics import read_metrics
-from ae_dist.models import build_model
 from ae_dist.run_dir import RunDir
 
+if TYPE_CHECKING:
+    import torch
+
 PICTURE_COUNT = 10
+EVAL_FOLDER = "eval"
 
 
-def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, object, str]:
-    """The run's model with its final weights (or newest checkpoint's), its config, and the source."""
-    folder = RunDir(run_dir)
-    config_path = folder.config
-    if not config_path.is_file():
-        raise UsageError("not a run folder (no config.yaml)", str(run_dir), "give the run.dir of a run")
-    try:
-        config = from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
-    except yaml.YAMLError:
-        raise UsageError("config.yaml is not valid YAML", str(config_path), "restore it from a checkpoint") from None
-    model = build_model(config.model)
-    final = folder.model
-    if final.is_file():
+def read_run_config(folder: RunDir, overrides: list[str] | None = None) -> Config:
+    if not folder.config.is_file():
+        raise UsageError("not a run folder (no config.yaml)", str(folder.root), "give the run.dir of a run")
+    return load_saved(folder.config, overrides)
+
+
+def load_weights(folder: RunDir) -> tuple[dict[str, Any], str]:
+    """The final weights (model.pt), else the newest complete checkpoint's, and where they came from."""
+    import torch
+
+    from ae_dist import checkpoint
+
+    if folder.model.is_file():
         try:
-            state, source = torch.load(final, map_location="cpu", weights_only=True), str(final)
-        except Exception as err:
-            raise UsageError(f"model.pt cannot be loaded ({err.__class__.__name__})", str(final),
+            state = torch.load(folder.model, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds for a damaged file
+            raise UsageError(f"model.pt cannot be loaded ({err.__class__.__name__})", str(folder.model),
                              "delete it and rerun the training command to rewrite it") from None
-    else:
-        found = checkpoint.load_latest(folder.checkpoints)
-        if found is None:
-            raise UsageError("no model.pt and no checkpoint yet", str(run_dir), "wait for the first checkpoint")
-        state, source = found[1]["model"], f"{found[0]} (step {found[1]['step']})"
+        steps = [r["step"] for r in read_metrics(folder.metrics) if r.get("kind") == "epoch"]
+        return state, f"model.pt, step {steps[-1]}" if steps else "model.pt"
+    found = checkpoint.load_latest(folder.checkpoints)
+    if found is None:
+        raise UsageError("no model.pt and no checkpoint yet", str(folder.root), "wait for the first checkpoint")
+    path, saved = found
+    return saved["model"], f"{path.name}, step {saved['step']}"
+
+
+def load_run_model(run_dir: Path, overrides: list[str] | None = None) -> tuple[torch.nn.Module, Config, str]:
+    """The run's model with its final weights (or newest checkpoint's), its config, and the source."""
+    from ae_dist.models import build_model
+
+    folder = RunDir(Path(run_dir))
+    config = read_run_config(folder, overrides)
+    state, source = load_weights(folder)
+    model = build_model(config.model)
+    if not isinstance(state, dict):
+        raise UsageError(f"weights are a {type(state).__name__}, not a state_dict", source, "check the run folder")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError) as err:
+    except (RuntimeError, TypeError, KeyError, AttributeError) as err:
         raise UsageError(f"weights do not fit the run's model ({str(err).splitlines()[0][:80]})", source,
                          "check that config.yaml belongs to this run") from None
     return model, config, source
 
 
-@reporting
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ae_dist.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the run folder (run.dir)")
-    args = parser.parse_args(argv)
-    model, config, source = load_run_model(args.run_dir)
+def draw(model: torch.nn.Module, config: Config, folder: RunDir, source: str) -> tuple[float, int]:
+    """Test loss over the whole test split, and the pictures in RUN/eval/."""
+    import torch
+
+    from ae_dist import data, engine, plots
+    from ae_dist.dist import DistInfo
+
     test = data.load_split(config.data, train=False)
     info = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
     loss = engine.evaluate(model, test, config.train.eval_batch_size, config.train, info)
     with torch.no_grad():
+        model.eval()
         shown = test.images[:PICTURE_COUNT].float().div_(255)
         recon = model(shown)
     codes = engine.encode_all(model, test, config.train.eval_batch_size)
-    folder = RunDir(args.run_dir)
-    plots.draw_reconstructions(shown, recon, folder.picture("recon"))
-    plots.draw_latent(codes, test.labels, folder.picture("latent"))
+    out = folder.root / EVAL_FOLDER
+    out.mkdir(exist_ok=True)
+    plots.draw_reconstructions(shown, recon, out / "recon.png", f"test images above reconstructions ({source})")
+    plots.draw_latent(codes, test.labels, out / "latent.png", f"test-set latent codes by class ({source})",
+                      data.CLASS_NAMES.get(config.data.name))
     records = read_metrics(folder.metrics)
     if records:
-        plots.draw_loss(records, folder.picture("loss"))
-    print(f"test loss {loss:.6f} ({len(test)} images, {source})")
+        plots.draw_loss(records, out / "loss.png")
+    return loss, len(test)
+
+
+@reporting
+def main(argv: list[str] | None = None) -> int:
+    args = evaluate_args(argv)
+    folder = RunDir(args.run_dir)
+    read_run_config(folder, args.overrides)  # a bad folder or override: one line, before torch loads
+    model, config, source = load_run_model(args.run_dir, args.overrides)
+    loss, count = draw(model, config, folder, source)
+    print(f"test loss {loss:.6f} ({count} images, {source}); pictures in {folder.root / EVAL_FOLDER}")
     return 0
 
 

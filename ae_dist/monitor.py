@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ae_dist import console
 from ae_dist.config import WandbConfig
-from ae_dist.console import epoch_line
 from ae_dist.metrics import MetricsFile, read_metrics
 from ae_dist.run_dir import RunDir
 from ae_dist.wandb_run import WandbRun, wandb_mode
@@ -34,10 +34,10 @@ class Monitor:
             self.wandb.log(record, images or {})
 
     def epoch_line(self, record: dict[str, Any]) -> None:
-        print(epoch_line(record, self.epochs), flush=True)
+        console.write(console.epoch_line(record, self.epochs))  # above the progress bar while one is shown
 
     def message(self, line: str) -> None:
-        print(line, flush=True)
+        console.write(line)
 
     def close(self) -> None:
         self.metrics.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +43,26 @@ def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, path: Path,
     _save(fig, path)
 
 
-def draw_latent(codes: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "") -> None:
-    """Latent codes coloured by class: 3-D scatter (codes wider than 3 are projected by PCA)."""
-    codes = codes.float().cpu()
+def draw_latent(codes: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "",
+                class_names: Sequence[str] | None = None) -> None:
+    """Latent codes coloured by class, with a legend naming the classes: 3-D scatter (wider codes projected by PCA)."""
+    codes, labels = codes.float().cpu(), labels.cpu()
     if codes.shape[1] > 3:
         centred = codes - codes.mean(0)
         codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:3].T
-    fig = plt.figure(figsize=(6, 5))
-    if codes.shape[1] == 3:
-        ax = fig.add_subplot(projection="3d")
-        points = ax.scatter(codes[:, 0], codes[:, 1], codes[:, 2], c=labels.cpu(), cmap="tab10", s=4)
-    else:
-        ax = fig.add_subplot()
-        y = codes[:, 1] if codes.shape[1] > 1 else torch.zeros(len(codes))
-        points = ax.scatter(codes[:, 0], y, c=labels.cpu(), cmap="tab10", s=4)
-    fig.colorbar(points, ax=ax, label="class", shrink=0.7)
+    fig = plt.figure(figsize=(7.5, 5))
+    three_d = codes.shape[1] == 3
+    ax = fig.add_subplot(projection="3d") if three_d else fig.add_subplot()
+    if not three_d and codes.shape[1] == 1:
+        codes = torch.cat([codes, torch.zeros(len(codes), 1)], dim=1)
+    colours = plt.get_cmap("tab10")
+    for label in sorted(set(labels.tolist())):
+        points = codes[labels == label].T
+        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+        ax.scatter(*points[:3], s=4, color=colours(label % 10), label=name)
+    ax.legend(title="class", loc="center left", bbox_to_anchor=(1.05, 0.5), markerscale=3, fontsize="small")
     ax.set_title(title or "test-set latent codes")
+    fig.subplots_adjust(right=0.72)
     _save(fig, path)
 
 

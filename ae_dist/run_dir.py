@@ -25,6 +25,9 @@ class RunDir:
 
     root: Path
 
+    def __post_init__(self) -> None:  # run.dir=~/x means the home folder's x, as data.root does
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
     @property
     def config(self) -> Path:  # the resolved config in effect
         return self.root / "config.yaml"

@@ -3,7 +3,7 @@
     python benchmarks/faults_table.py                    # runs the suite (about 5 minutes on 2 cores), prints the table
     python benchmarks/faults_table.py --rows rows.jsonl  # prints the table of rows a run left
 
-It runs ``pytest tests/test_faults.py tests/test_fuzz_config.py`` with AE_DIST_FAULT_REPORT
+It runs ``pytest tests/test_faults.py tests/test_fuzz_config.py tests/test_bad_files.py`` with AE_DIST_FAULT_REPORT
 set to a file; each test appends one JSON row (fault, how it was injected, outcome, work
 lost, data lost) measured in that run. The disk-full tests mount a tmpfs, so run as root.
 """
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITE = ["tests/test_faults.py", "tests/test_fuzz_config.py"]
+SUITE = ["tests/test_faults.py", "tests/test_fuzz_config.py", "tests/test_bad_files.py"]
 COLUMNS = (("fault", "Fault"), ("injected", "How it was injected"), ("outcome", "Outcome"),
            ("work_lost", "Work lost (steps recomputed)"), ("data_lost", "Data lost"))
 

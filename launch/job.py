@@ -19,7 +19,7 @@ from pathlib import Path
 import submitit
 
 import ae_dist
-from ae_dist import train
+from ae_dist import trainer
 from ae_dist.config import Config
 from ae_dist.dist import master_port
 from ae_dist.errors import AeDistError, as_error, say
@@ -59,7 +59,7 @@ class TrainJob(submitit.helpers.Checkpointable):
               f"{job.cluster}); code from {Path(ae_dist.__file__).resolve().parent.parent}", flush=True)
         stop = StopSignals.install()
         try:
-            result = train.run(self.config, stop)
+            result = trainer.run(self.config, stop)
         except (AeDistError, OSError) as err:  # said as `python -m ae_dist.train` says it
             known = as_error(err, self.config.run.dir)
             if known is None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, clean_env
 
-from ae_dist.config import Config, build_config, from_dict, help_text, leaf_fields, load_config, to_dict
+from ae_dist.cli import help_text
+from ae_dist.config import Config, build_config, choices, from_dict, leaf_fields, load_config, to_dict
+from ae_dist.config_types import convert
 from ae_dist.errors import UsageError
 
 TRAINER_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -62,14 +64,18 @@ def test_help_lists_every_key_with_default_and_meaning() -> None:
 
 BAD_INPUTS = {
     "unknown key": (["train.epoch=3"], "unknown config key", "did you mean train.epochs?"),
-    "wrong type": (["train.epochs=three"], "wrong type", "train.epochs"),
+    "wrong type": (["train.epochs=three"], "wrong type, 'three' is not an integer", "give an integer"),
+    "wrong list": (["model.hidden=1,x"], "'x' is not an integer", "give a list of integers"),
+    "not a number": (["optim.lr=fast"], "'fast' is not a number", "give a number"),
     "lr not positive": (["optim.lr=0"], "invalid value", "optim.lr"),
     "negative lr": (["optim.lr=-1e-3"], "invalid value", "optim.lr"),
     "epochs below 1": (["train.epochs=0"], "invalid value", "train.epochs"),
     "unknown dataset": (["data.name=cifar"], "invalid value 'cifar'", "data.name"),
-    "unknown model": (["model.name=resnet"], "invalid value 'resnet'", "model.name"),
+    "unknown model": (["model.name=resnet"], "invalid value 'resnet'", "model.name", "use one of mlp | conv"),
+    "key in another section": (["train.lr=1"], "unknown config key", "(train.lr)", "did you mean optim.lr?"),
     "not key=value": (["epochs"], "override is not key=value", "train.epochs=3"),
     "missing config file": (["--config", "/nonexistent/x.yaml"], "config file not found", "/nonexistent/x.yaml"),
+    "unknown packaged name": (["--config", "digitz"], "config file not found", "default, digits, digits_conv"),
 }
 
 
@@ -108,3 +114,66 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
                              f"run.dir={tmp_path / 'run'}", "train.batch_size=63"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert_one_error_line(result, "does not divide by world size 2", "train.batch_size")
+
+
+def test_choices_are_the_fields_literal_types() -> None:
+    literal = {key: choices(kind) for key, (kind, _) in leaf_fields().items() if choices(kind)}
+    assert literal["data.name"] == ("fashion_mnist", "mnist", "digits", "synthetic")
+    assert literal["wandb.mode"] == ("", "online", "offline", "disabled")
+    for key, allowed in literal.items():
+        with pytest.raises(UsageError) as err:
+            build_config({key: "no-such-choice"})
+        assert f"({key})" in err.value.lines()[0] and " | ".join(a for a in allowed if a) in err.value.lines()[0]
+        for value in allowed:
+            assert getattr(getattr(build_config({key: value}), key.split(".")[0]), key.split(".")[1]) == value
+
+
+def test_any_literal_of_words_converts() -> None:
+    from typing import Literal
+
+    kind = Literal["off", "reference", "upload"]  # as a field another section may add
+    assert convert("upload", kind) == "upload"
+    assert convert(False, kind) == "off"  # YAML 1.1 reads a bare `off` as false
+    assert convert("bogus", kind) == "bogus"  # refused by validate(), with the other values
+    with pytest.raises(ValueError, match="not one of the choices"):
+        convert(["upload"], kind)
+
+
+def test_yaml_off_is_the_word_off(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  compile: off\n", encoding="utf-8")
+    assert load_config(path).train.compile == "off"
+
+
+def test_a_bare_name_is_a_packaged_config_and_a_path_is_a_file(tmp_path: Path, monkeypatch) -> None:
+    assert load_config("digits") == load_config(REPO / "configs" / "digits.yaml")
+    (tmp_path / "digits").write_text("train:\n  epochs: 7\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("./digits").train.epochs == 7 and load_config("digits").train.epochs == 7  # a file wins
+    assert load_config("digits_conv").model.name == "conv"
+
+
+@pytest.mark.parametrize("text, key, line", [("train:\n  epochs: 1\nrun:\n  dir: x\ntrain:\n  seed: 2\n", "train", 5),
+                                             ("train:\n  epochs: 1\n  epochs: 2\n", "train.epochs", 3)])
+def test_a_key_written_twice_is_refused(tmp_path: Path, text: str, key: str, line: int) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        load_config(path)
+    name = key.split(".")[-1]
+    assert err.value.lines() == [f"error: config file holds the key {key} twice ({path}:{line}): "
+                                 f"keep one '{name}:'; YAML would silently keep the last"]
+
+
+def test_an_alias_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "alias.yaml"
+    path.write_text("train:\n  epochs: &n 3\n  seed: *n\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"uses a YAML alias \(\*n\) \(.*alias.yaml:3\)"):
+        load_config(path)
+
+
+def test_the_resolved_config_reloads_without_aliases() -> None:
+    from ae_dist.config import dump_yaml
+
+    text = dump_yaml(load_config("digits_conv"))
+    assert "&" not in text and "*" not in text

@@ -22,10 +22,11 @@ from faults_helpers import report
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ae_dist.config import CHOICES, Config, from_dict, leaf_fields, load_config, to_dict, validate
+from ae_dist.config import Config, choices, from_dict, leaf_fields, load_config, to_dict, validate
 from ae_dist.errors import UsageError
 
 KEYS = sorted(leaf_fields())
+CHOICES = [choice for kind, _ in leaf_fields().values() for choice in choices(kind)]  # every Literal field's words
 SECTIONS = sorted({key.split(".")[0] for key in KEYS})
 # Tags that name Python code: an unsafe loader would call os.system / subprocess / exec.
 CODE_TAGS = (
@@ -51,7 +52,7 @@ scalars = st.one_of(
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
                                                                                             max_size=3), max_leaves=6)
 plausible = st.one_of(st.integers(min_value=0, max_value=100), st.floats(min_value=1e-6, max_value=1.0), st.booleans(),
-                      st.sampled_from([choice for options in CHOICES.values() for choice in options]),
+                      st.sampled_from(CHOICES),
                       st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=3))
 keys = st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS).map(lambda k: k + "x"), st.sampled_from(KEYS).map(str.upper),
                  st.sampled_from(SECTIONS), st.text(max_size=15))

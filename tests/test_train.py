@@ -86,7 +86,7 @@ def test_evaluate_recomputes_the_test_loss(tmp_path: Path, reference_runs) -> No
     assert result.returncode == 0, result.stderr
     loss = float(result.stdout.split()[2])
     assert abs(loss - epoch_records(run_dir)[-1]["test_loss"]) < 1e-6
-    assert (tmp_path / "copy" / "recon.png").exists() and (tmp_path / "copy" / "latent.png").exists()
+    assert (tmp_path / "copy" / "eval" / "recon.png").exists() and (tmp_path / "copy" / "eval" / "latent.png").exists()
     bad = subprocess.run([PYTHON, "-m", "ae_dist.evaluate", str(tmp_path / "nothing")], cwd=REPO,
                          env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
