@@ -129,7 +129,7 @@ Train an autoencoder: one process, torchrun, srun or a submitit job, unchanged.
   python -m ae_dist.train --config digits optim.lr=3e-3 --print-config
 
 The same command with the same run.dir resumes from the newest checkpoint. Exit status:
-0 done, 2 bad input, 75 stopped by a signal after a checkpoint, 1 other failures.""")
+0 done, 2 bad input, 75 stopped by a signal after a checkpoint (130: Ctrl-C), 1 other failures.""")
     parser.add_argument("--config", metavar="NAME|PATH",
                         help="experiment: a packaged config by name (default, digits, digits_conv) or a YAML file "
                              "(default: the packaged default.yaml)")
