@@ -5,10 +5,9 @@ signal (SIGUSR1/SIGUSR2) before its time limit; a person presses Ctrl-C (SIGINT)
 handlers are installed first thing, before torch is imported, and only record the signal,
 so a stop at any moment has one meaning:
 
-- during start-up (imports, data, W&B, rendezvous): nothing to save; the ranks agree on it
-  just before the first step and stop with exit 75 (130 for Ctrl-C), and the same command
-  starts the run again. A rank held up longer than STARTUP_GRACE_S after the signal (waiting on
-  a peer that is gone) stops by itself with the same status;
+- during start-up (imports, data, W&B, rendezvous): nothing to save; the process stops at
+  once, with one line, exit 75 (130 for Ctrl-C), and the same command starts the run again
+  (a lease it had taken is taken over by that command);
 - during training: the loop asks `should_stop` at step boundaries, where every rank agrees
   (a signal that reached rank 0 alone stops them all at the same step), writes a checkpoint
   and returns; exit 75 (130 for Ctrl-C);
@@ -22,7 +21,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 CHECK_EVERY_STEPS = 10  # ranks agree every N steps: one tiny all-reduce per N steps
-STARTUP_GRACE_S = 20.0
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
 
 
@@ -42,7 +39,7 @@ class StopSignals:
 
     The Python handler does nothing itself (it runs only when the main thread runs Python
     code); a thread reads the signal numbers that the C-level handler writes to a wakeup pipe
-    and records them, so a second Ctrl-C, or a stop during a start-up blocked in C (a
+    and acts on them, so a second Ctrl-C, or a stop during a start-up blocked in C (a
     rendezvous, a collective), is acted on at once.
     """
 
@@ -75,13 +72,14 @@ class StopSignals:
         if signum == signal.SIGINT and self.received == signal.SIGINT and self.phase != FINISHING:
             os.write(2, b"interrupted again: stopping now, without a checkpoint\n")
             os._exit(EXIT_INTERRUPTED)
+        if self.phase == STARTING:
+            os.write(1, f"stopped by signal {signum} during start-up, before the first step: nothing to save; "
+                        "run the same command to continue\n".encode())
+            os._exit(exit_status(signum))
         first = not self.received
         self.received = self.received or signum
-        if first and signum == signal.SIGINT and self.phase != FINISHING:
-            when = "at the next step boundary with a checkpoint" if self.phase == TRAINING else "before the first step"
-            os.write(2, f"interrupted: stopping {when} (Ctrl-C again: stop now)\n".encode())
-        if first and self.phase == STARTING:
-            threading.Thread(target=self._give_up_starting, args=(signum,), daemon=True).start()
+        if first and signum == signal.SIGINT and self.phase == TRAINING:
+            os.write(2, b"interrupted: stopping at the next step boundary with a checkpoint (Ctrl-C again: stop now)\n")
 
     def _watch(self, read_fd: int) -> None:
         while True:
@@ -93,16 +91,6 @@ class StopSignals:
                 return
             for signum in data:
                 self._record(signum)
-
-    def _give_up_starting(self, signum: int) -> None:
-        deadline = time.monotonic() + STARTUP_GRACE_S
-        while time.monotonic() < deadline:
-            if self.phase != STARTING:
-                return
-            time.sleep(0.1)
-        os.write(2, f"stopped by signal {signum} during start-up (held up {STARTUP_GRACE_S:g} s); nothing to save; "
-                    "run the same command to continue\n".encode())
-        os._exit(exit_status(signum))
 
     def restore(self) -> None:
         """Hand the signals back to whoever had them (submitit's requeue handler, for one)."""
@@ -135,6 +123,5 @@ def exit_status(signum: int) -> int:
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
-def stopped_line(signum: int, step: int, saved: bool) -> str:
-    what = "checkpoint written" if saved else "before its first step, nothing to save"
-    return f"stopped by signal {signum} at step {step}; {what}, run the same command to continue"
+def stopped_line(signum: int, step: int) -> str:
+    return f"stopped by signal {signum} at step {step}; checkpoint written, run the same command to continue"

@@ -88,11 +88,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
     try:
-        stopped_by = stop.should_stop(state.step, info, force_check=True)  # a stop during start-up
-        if stopped_by:
-            t.say(stopped_line(stopped_by, state.step, saved=False))
-            return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
-        stop.phase, at_max = TRAINING, False
+        stop.phase, at_max = TRAINING, False  # from here a stop signal means: checkpoint at the next step boundary
         while not is_complete(cfg, state.epoch, state.step):
             model.train()
             window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
@@ -117,7 +113,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     window.fold(state, info)
                     t.checkpointer.save(t.model, t.optimizer, state)
                 if stopped_by:
-                    t.say(stopped_line(stopped_by, state.step, saved=True))
+                    t.say(stopped_line(stopped_by, state.step))
                     return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
                 if at_max:
                     t.say(f"reached train.max_steps={cfg.train.max_steps} at step {state.step}, "

@@ -32,12 +32,12 @@ def test_sigusr1_during_start_up_exits_75_and_the_rerun_trains(tmp_path: Path) -
     wait_for(lambda: handles(pid, signal.SIGUSR1) or job.check_running(), 60, "the stop handlers")
     os.kill(pid, signal.SIGUSR1)  # while data is still being made: nothing to save
     assert job.wait() == [EXIT_PREEMPTED], job.output()[-3000:]
-    assert "stopped by signal 10 at step 0; before its first step, nothing to save" in job.output()
+    assert "stopped by signal 10 during start-up, before the first step: nothing to save" in job.output()
     assert "Traceback" not in job.output() and not checkpoint_steps(run_dir)
     rerun = run_train(args, tmp_path)
     assert "done:" in rerun.stdout
     report("SIGUSR1 during start-up", "SIGUSR1 to `python -m ae_dist.train` while it makes its data, before step 1",
-           "`stopped by signal 10 at step 0; before its first step, nothing to save`, exit 75 (requeue); the "
+           "`stopped by signal 10 during start-up, before the first step: nothing to save; ...`, exit 75 (requeue); the "
            "rerun trained to the end", "none", "none")
 
 
@@ -66,7 +66,7 @@ def test_sbatch_stop_during_start_up_requeues_and_completes(slurm_cluster, tmp_p
         slurm_cluster.run(["scancel", job_id], check=False)
     text = log.read_text()
     assert rows[0] == "REQUEUED" and rows[-1] == "COMPLETED", (rows, text[-3000:])
-    assert "before its first step, nothing to save" in text and "done:" in text, text[-3000:]
+    assert "during start-up, before the first step: nothing to save" in text and "done:" in text, text[-3000:]
     assert states(slurm_cluster, job_id)[-1] == "COMPLETED"
 
 
