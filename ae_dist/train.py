@@ -56,8 +56,11 @@ def run(config: Config) -> RunResult:
     """Train (or resume, or find complete) the run in ``config.run.dir``; every rank calls this.
 
     A project error raised once the ranks have started is marked with this rank, so the
-    rank that failed says so (`ae_dist.errors.say`).
+    rank that failed says so (`ae_dist.errors.say`). The test hook is loaded here, not in
+    `main`, because submitit's tasks call `run` directly.
     """
+    if os.environ.get(TEST_HOOK):
+        importlib.import_module(os.environ[TEST_HOOK])
     world_size = int(read_env().get("WORLD_SIZE", "1"))
     check_world_size(config, world_size)  # before any rank waits for the others
     torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
@@ -190,8 +193,6 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 
 @reporting
 def main(argv: list[str] | None = None) -> int:
-    if os.environ.get(TEST_HOOK):
-        importlib.import_module(os.environ[TEST_HOOK])
     config, _ = parse_args(argv)
     result = run(config)
     return EXIT_PREEMPTED if result.status == "preempted" else 0
