@@ -6,10 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, clean_env
 
 from ae_dist.config import Config, build_config, from_dict, help_text, leaf_fields, load_config, to_dict
 from ae_dist.errors import UsageError
+from tests.helpers.commands import PYTHON, REPO, clean_env
 
 TRAINER_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
