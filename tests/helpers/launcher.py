@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,28 @@ def local_tasks(record: Record, count: int, timeout: float = 120) -> dict[int, p
     controller = psutil.Process(int(record.job_id))
 
     def started() -> dict[int, psutil.Process] | None:
-        tasks = {int(task.environ()["SUBMITIT_LOCAL_GLOBALID"]): task for task in controller.children()}
+        tasks = {}
+        for task in controller.children():
+            with contextlib.suppress(psutil.Error):
+                rank = task.environ().get("SUBMITIT_LOCAL_GLOBALID")  # unset until the forked child has exec'd
+                if rank is not None:
+                    tasks[int(rank)] = task
         return tasks if len(tasks) == count else None
 
     return wait_for(started, timeout, f"{count} tasks of local job {record.job_id}")
+
+
+def exit_status(task: psutil.Process, timeout: float = 240) -> int:
+    """The exit status of a task someone else reaps, read while it is a zombie (as Popen.returncode:
+    negative for a signal). Its parent must not reap it meanwhile: see `held`."""
+    wait_for(lambda: task.status() == psutil.STATUS_ZOMBIE, timeout, f"task {task.pid} to end")
+    fields = Path(f"/proc/{task.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = int(fields[49])  # field 52 of proc_pid_stat(5), the wait status; fields here start at field 3
+    return -(status & 0x7F) if status & 0x7F else status >> 8
+
+
+def held(controller: psutil.Process) -> None:
+    """Stop submitit's local controller (SIGSTOP): the tasks it would reap stay zombies, so `exit_status`
+    can read how each of them ended; SIGCONT lets it go on (reap, then end the job)."""
+    controller.suspend()
+    wait_for(lambda: controller.status() == psutil.STATUS_STOPPED, 30, f"controller {controller.pid} to stop")
