@@ -23,16 +23,12 @@ trainer, `ae_dist.trainer`), so `--help` and a config error answer at once.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 
 from ae_dist import cli
 from ae_dist.config import Config, dump_yaml
 from ae_dist.errors import reporting
 from ae_dist.preemption import StopSignals, exit_status
-
-TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
@@ -43,8 +39,6 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 @reporting
 def main(argv: list[str] | None = None) -> int:
     stop = StopSignals.install()  # first thing: a stop during start-up means exit 75, not death by signal
-    if os.environ.get(TEST_HOOK):
-        importlib.import_module(os.environ[TEST_HOOK])
     config, args = parse_args(argv)
     if args.print_config:
         print(dump_yaml(config), end="", flush=True)

@@ -8,6 +8,8 @@ line is `ae_dist.train`.
 
 from __future__ import annotations
 
+import importlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from ae_dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
 from ae_dist.run_dir import wandb_run_id
 
 PICTURE_COUNT = 10
+TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     that failed says so (`ae_dist.errors.say`), unless every rank raised it alike.
     """
     stop = stop or StopSignals.install()
+    if os.environ.get(TEST_HOOK):  # here, not in `main`: submitit's tasks call `run` directly
+        importlib.import_module(os.environ[TEST_HOOK])
     env = read_env()
     check_world_size(config, int(env.get("WORLD_SIZE", "1")))  # before any rank waits for the others
     die_with_launcher(env)

@@ -5,42 +5,45 @@
     python -m benchmarks.profile_step --ops                              # + torch.profiler's top operators
     python -m benchmarks.profile_step train.batch_size=4096 train.device=cuda
 
-It builds the trainer's own pieces (``ae_dist.train.Trainer``: data, model, optimizer, the
-DDP/compile wrapping; ``data.EpochBatches``) from the config and the ``key=value``
-overrides, then runs the step of ``engine.train_one_epoch`` phase by phase with a timer
-between phases (CUDA: synchronized, which adds the sync it measures):
+It builds the trainer's own pieces with ``ae_dist.build.build`` from the config and the
+``key=value`` overrides and runs the trainer's own loop (``ae_dist.trainer.fit``) unchanged,
+with a clock at the edges of each phase (CUDA: synchronized, which adds the sync it measures):
 
-    data       gather the batch (index_select of uint8 rows, float, /255)
-    forward    model + MSE loss
-    backward   autograd; under DDP this includes the gradient all-reduce it waits for
-    optimizer  zero_grad + Adam (the fused fast path when it applies)
-    loop       what train_one_epoch does around them (loss window, stop check, callbacks)
+    data       gather the batch (``EpochBatches.epoch``: index_select of uint8 rows, float, /255)
+    forward    model + MSE loss (``engine.train_step`` up to ``optimizer.zero_grad``)
+    backward   zero_grad + autograd; under DDP this includes the gradient all-reduce it waits for
+    optimizer  Adam (``engine.FusedAdamStep``: the fused fast path when it applies)
+    loop       what ``fit`` does around them (loss window, logging, stop check, checkpoint decision)
 
-Under DDP a communication hook also times each gradient bucket's all-reduce, from the
-bucket being ready to its reduced values, and a bare all-reduce of the same size is
-timed for comparison. Data: ``synthetic`` (60,000 images, the FashionMNIST size) unless
-overridden.
+Steps whose loop phase spans an epoch's end (evaluation, pictures, the epoch-end checkpoint) are
+left out; checkpoints inside an epoch are off unless ``checkpoint.every_steps`` is given. Under
+DDP a communication hook also times each gradient bucket's all-reduce, from the bucket being
+ready to its reduced values, and a bare all-reduce of the same size is timed for comparison.
+Data: ``synthetic`` (60,000 images, the FashionMNIST size) unless overridden.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
+import math
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from ae_dist import data, engine
-from ae_dist.config import check_world_size, load_config
-from ae_dist.dist import cpu_threads, distributed
+from ae_dist import data, engine, trainer
+from ae_dist.build import Training, build
+from ae_dist.config import Config, check_world_size, load_config
+from ae_dist.dist import DistInfo, cpu_threads, distributed
 from ae_dist.preemption import StopSignals
-from ae_dist.train import Trainer
 
 PHASES = ("data", "forward", "backward", "optimizer", "loop")
 
@@ -52,6 +55,79 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops", action="store_true", help="also print torch.profiler's operator table")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ae-dist config overrides")
     return parser.parse_args(argv)
+
+
+class Enough(Exception):
+    """Raised by the clock inside ``fit`` once it holds the steps it was asked for."""
+
+
+class PhaseClock:
+    """Timestamps at the phase edges of each step of ``fit``; whole steps become ``timings``.
+
+    Edges: asking the batch iterator for a batch (data starts), getting it, ``zero_grad``
+    inside ``train_step`` (forward ends), the optimizer step being called and returning, and the
+    next request for a batch in the same epoch (the loop phase ends).
+    """
+
+    def __init__(self, steps: int, warmup: int, sync: Callable[[], None], profiler: torch.profiler.profile | None):
+        self.steps, self.warmup, self.sync, self.profiler = steps, warmup, sync, profiler
+        self.done = 0  # steps completed
+        self.edges: list[float] = []  # this step's timestamps so far
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.on_warm: list[Callable[[], None]] = []  # called once the warm-up is over
+
+    def mark(self) -> None:
+        self.sync()
+        self.edges.append(time.perf_counter())
+
+    def batches(self, epoch: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The epoch's batches, timed; a step whose loop phase crosses into a new epoch is dropped."""
+        self.edges = []
+        while True:
+            self.mark()
+            if len(self.edges) == len(PHASES) + 1:  # the previous step, closed by this request (a skipped
+                self.record()  # step, nan_policy=skip, has no optimizer edges and is left out)
+            self.edges = self.edges[-1:]
+            if len(self.timings["loop"]) == self.steps:
+                raise Enough
+            try:
+                images = next(epoch)
+            except StopIteration:
+                return
+            self.mark()
+            yield images
+
+    def record(self) -> None:
+        self.done += 1
+        if self.done == self.warmup:
+            for hook in self.on_warm:
+                hook()
+        if self.done > self.warmup:
+            for name, start, end in zip(PHASES, self.edges, self.edges[1:]):
+                self.timings[name].append(end - start)
+            if self.profiler is not None:
+                self.profiler.step()
+
+    def train_step(self, step: Callable) -> Callable:
+        """``engine.train_step`` with edges at zero_grad and around the optimizer step."""
+        def timed(model, images, optimizer, step_optimizer, cfg):
+            real_zero_grad = optimizer.zero_grad
+
+            def zero_grad(*args, **kwargs):
+                self.mark()
+                return real_zero_grad(*args, **kwargs)
+
+            def optimizer_step():
+                self.mark()
+                step_optimizer()
+                self.mark()
+
+            optimizer.zero_grad = zero_grad
+            try:
+                return step(model, images, optimizer, optimizer_step, cfg)
+            finally:
+                del optimizer.zero_grad
+        return timed
 
 
 def timed_all_reduce_hook(seconds: list[float]):
@@ -71,93 +147,80 @@ def timed_all_reduce_hook(seconds: list[float]):
     return timed_all_reduce
 
 
-def time_steps(trainer: Trainer, model: torch.nn.Module, steps: int, warmup: int, sync: Callable[[], None],
-               profiler: torch.profiler.profile | None, bucket_seconds: list[float]) -> dict[str, list[float]]:
-    """The step of engine.train_one_epoch, with a timer between its phases."""
-    cfg, info = trainer.config, trainer.info
-    batches = data.EpochBatches(trainer.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed)
-    optimizer_step = engine.FusedAdamStep(trainer.optimizer)
-    window = engine.LossWindow(info.device)
-    timings: dict[str, list[float]] = defaultdict(list)
-    model.train()
-    step, epoch = 0, 0
-    with StopSignals(info) as stop:
-        while step < warmup + steps:
-            epoch_batches = batches.epoch(epoch)
-            for _ in range(len(batches)):
-                sync()
-                t0 = time.perf_counter()
-                images = next(epoch_batches)
-                sync()
-                t1 = time.perf_counter()
-                with engine.autocast(cfg.train, info.device):
-                    loss = F.mse_loss(model(images).float(), images)
-                sync()
-                t2 = time.perf_counter()
-                trainer.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                sync()
-                t3 = time.perf_counter()
-                optimizer_step()
-                sync()
-                t4 = time.perf_counter()
-                step += 1
-                window.add(loss, step)
-                if step % cfg.train.log_every == 0 or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                    window.check(info)
-                stop.should_stop(step)
-                t5 = time.perf_counter()
-                if step == warmup:
-                    bucket_seconds.clear()
-                if step > warmup:
-                    for name, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                        timings[name].append(seconds)
-                    if profiler is not None:
-                        profiler.step()
-                if step == warmup + steps:
-                    break
-            epoch += 1
-    return timings
+def enough_epochs(training: Training, steps: int) -> Config:
+    """The config with as many epochs as ``steps`` need, with room for the steps left out at epoch ends."""
+    cfg = training.config
+    per_epoch = len(data.EpochBatches(training.train_split, cfg.train.batch_size, 0, 1, cfg.train.seed))
+    epochs = math.ceil(steps * 1.1 / per_epoch) + 1
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=max(epochs, cfg.train.epochs)))
+
+
+def time_steps(training: Training, clock: PhaseClock, bucket_seconds: list[float]) -> None:
+    """The trainer's loop with the clock's edges patched in, until the clock has its steps."""
+    info = training.info
+    real_epoch, real_step, real_wrap = data.EpochBatches.epoch, engine.train_step, trainer.wrap
+
+    def epoch(self, *args, **kwargs):
+        return clock.batches(real_epoch(self, *args, **kwargs))
+
+    def wrap(model, config, info):
+        wrapped = real_wrap(model, config, info)
+        if info.distributed:
+            ddp = wrapped if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped._orig_mod
+            ddp.register_comm_hook(None, timed_all_reduce_hook(bucket_seconds))
+        return wrapped
+
+    clock.on_warm.append(bucket_seconds.clear)
+    data.EpochBatches.epoch, engine.train_step, trainer.wrap = epoch, clock.train_step(real_step), wrap
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if info.is_main else contextlib.nullcontext():
+            trainer.fit(training, StopSignals())  # its start line and progress lines are not the report
+    except Enough:
+        pass
+    else:
+        raise RuntimeError(f"the run ended after {clock.done} steps, before {clock.steps} were timed")
+    finally:
+        data.EpochBatches.epoch, engine.train_step, trainer.wrap = real_epoch, real_step, real_wrap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = ["data.name=synthetic", "wandb.mode=disabled", "run.progress=off", *args.overrides]
+    overrides = ["data.name=synthetic", "wandb.mode=disabled", "run.progress=off", "checkpoint.every_steps=0",
+                 *args.overrides]
     with tempfile.TemporaryDirectory(prefix="ae-dist-profile-") as scratch:
-        config = load_config(None, [*overrides, f"run.dir={scratch}/run"] if not any(
-            o.startswith("run.dir=") for o in overrides) else overrides)
+        if not any(o.startswith("run.dir=") for o in overrides):
+            overrides.append(f"run.dir={scratch}/run")
+        config = load_config(None, overrides)
+        torch.set_flush_denormal(config.train.flush_denormal)  # as ae_dist.trainer.run does
         with distributed(config.train.device, config.dist.timeout_s) as info:
             check_world_size(config, info.world_size)
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
-            torch.set_flush_denormal(config.train.flush_denormal)  # as ae_dist.train.run does
-            trainer = Trainer(config, info)
-            model = trainer.wrap(trainer.raw_model)
-            bucket_seconds: list[float] = []
-            if info.distributed:
-                ddp = model if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model._orig_mod
-                ddp.register_comm_hook(None, timed_all_reduce_hook(bucket_seconds))
+            training = build(config, info)
+            training.config = enough_epochs(training, args.warmup + args.steps)
             sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
             profiler = None
             if args.ops:
                 profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                     [torch.profiler.ProfilerActivity.CUDA] if info.device.type == "cuda" else []))
                 profiler.__enter__()
-            timings = time_steps(trainer, model, args.steps, args.warmup, sync, profiler, bucket_seconds)
+            clock = PhaseClock(args.steps, args.warmup, sync, profiler)
+            bucket_seconds: list[float] = []
+            time_steps(training, clock, bucket_seconds)
             if profiler is not None:
                 profiler.__exit__(None, None, None)
-            bare = bare_all_reduce(trainer, info) if info.distributed else float("nan")
+            gradients = sum(p.numel() for p in training.model.parameters())
+            bare = bare_all_reduce(gradients, info) if info.distributed else float("nan")
             if info.is_main:
-                print_report(config, info, timings, bucket_seconds, bare, args)
+                print_report(config, info, clock.timings, (bucket_seconds, gradients, bare), args)
                 if profiler is not None:
                     sort = "self_cuda_time_total" if info.device.type == "cuda" else "self_cpu_time_total"
                     print(profiler.key_averages().table(sort_by=sort, row_limit=25))
     return 0
 
 
-def bare_all_reduce(trainer: Trainer, info) -> float:
-    """Median seconds of one all-reduce of a buffer the size of all the gradients."""
-    count = sum(p.numel() for p in trainer.raw_model.parameters())
+def bare_all_reduce(count: int, info: DistInfo) -> float:
+    """Median seconds of one all-reduce of a buffer of ``count`` floats (all the gradients)."""
     buffer = torch.zeros(count, device=info.device)
     seconds = []
     for i in range(60):
@@ -170,8 +233,9 @@ def bare_all_reduce(trainer: Trainer, info) -> float:
     return statistics.median(seconds)
 
 
-def print_report(config, info, timings: dict[str, list[float]], buckets: list[float], bare: float,
-                 args: argparse.Namespace) -> None:
+def print_report(config: Config, info: DistInfo, timings: dict[str, list[float]],
+                 all_reduce: tuple[list[float], int, float], args: argparse.Namespace) -> None:
+    """The phase table; under DDP, the bucket all-reduces and a bare one of (buckets, gradients, seconds)."""
     means = {name: statistics.fmean(timings[name]) for name in PHASES}
     medians = {name: statistics.median(timings[name]) for name in PHASES}
     total, typical = sum(means.values()), sum(medians.values())
@@ -189,15 +253,10 @@ def print_report(config, info, timings: dict[str, list[float]], buckets: list[fl
         print("(means well above medians: something else took this machine's cores now and then, or, under DDP, "
               "the stop check's all-reduce every 10 steps waits for the slower rank)")
     if info.distributed:
+        buckets, gradients, bare = all_reduce
         print(f"all-reduce per bucket (ready -> reduced, inside backward): median "
               f"{statistics.median(buckets) * 1e6:.0f} us over {len(buckets)} buckets; a bare all-reduce of all "
-              f"{sum(p.numel() for p in config_params(config))} gradients: {bare * 1e6:.0f} us")
-
-
-def config_params(config) -> list[torch.Tensor]:
-    from ae_dist.models import build_model
-
-    return list(build_model(config.model).parameters())
+              f"{gradients} gradients: {bare * 1e6:.0f} us")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import platform
 import shlex
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from tests.helpers.idx_files import has_fashion_mnist, write_fashion_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -70,24 +71,10 @@ class Runs:
 
 # ---------------------------------------------------------------------------------------------- data
 
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """One IDX file (unsigned bytes): magic 0x08 + ndim, big-endian sizes, the bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
-    path.write_bytes(header + array.contiguous().numpy().tobytes())
-
-
-def write_fashion_mnist(root: Path) -> Path:
-    """Synthetic images in torchvision's FashionMNIST/raw layout (uncompressed IDX files)."""
-    from ae_dist.data import synthetic_split
-
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count, seed in (("train", TRAIN_SIZE, 0), ("t10k", TEST_SIZE, 1)):
-        images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
-        if not images.exists() or not labels.exists():
-            split = synthetic_split(count, seed=seed)
-            write_idx(images, split.images.squeeze(1))
-            write_idx(labels, split.labels.to(torch.uint8))
+def data_folder(root: Path) -> Path:
+    """Synthetic images in torchvision's FashionMNIST/raw layout (tests.helpers.idx_files), written once."""
+    if not has_fashion_mnist(root):
+        write_fashion_mnist(root, train=TRAIN_SIZE, test=TEST_SIZE)
     return root
 
 
@@ -261,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(args), flush=True)
     with tempfile.TemporaryDirectory(prefix="ae-dist-bench-") as scratch:
         work = Path(args.workdir or scratch).resolve()
-        data_root = write_fashion_mnist(work / "data")
+        data_root = data_folder(work / "data")
         results: dict[str, Runs] = {}
         labels, nprocs = {}, {}
         try:

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env
 
 from ae_dist.config import DataConfig
 from ae_dist.data import EpochBatches, Split, load_split, synthetic_split
 from ae_dist.errors import UsageError
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """torchvision's (LeCun's) IDX format: big-endian magic with the dtype and rank, dims, bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.dim()) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def write_fashion_mnist(root: Path, train: int = 120, test: int = 40, compress: bool = False) -> Path:
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    for prefix, count in (("train", train), ("t10k", test)):
-        images = torch.randint(0, 256, (count, 28, 28), generator=gen, dtype=torch.uint8)
-        labels = torch.arange(count, dtype=torch.uint8) % 10
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    if compress:
-        for path in list(raw.iterdir()):
-            Path(f"{path}.gz").write_bytes(gzip.compress(path.read_bytes()))
-    return raw
+from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.idx_files import write_fashion_mnist
 
 
 def test_torchvision_layout_loads_as_uint8_tensors(tmp_path: Path) -> None:

@@ -17,65 +17,48 @@ import gzip
 import re
 import signal
 import socket
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_weights, train_cmd
-from faults_helpers import (
-    POISON_BATCH,
-    RUN_TIMEOUT,
-    TOTAL_STEPS,
-    Job,
-    checkpoint_steps,
-    fill_disk,
-    finite_checkpoint,
-    kill_leftovers,
-    leftovers,
-    logged_steps,
-    metrics,
-    metrics_intact,
-    one_clear_line,
-    python_script,
-    report,
-    stop_process,
-    tmpfs,
-)
 
 from ae_dist import data
 from ae_dist.checkpoint import load_latest
 from ae_dist.config import DataConfig
 from ae_dist.errors import UsageError
 from ae_dist.preemption import EXIT_PREEMPTED
+from tests.helpers.commands import (
+    PYTHON,
+    REPO,
+    RUN_TIMEOUT,
+    TINY,
+    assert_bitwise_equal,
+    clean_env,
+    hook_env,
+    load_weights,
+    train_cmd,
+)
+from tests.helpers.faults import fill_disk, one_clear_line, report, shown, tmpfs
+from tests.helpers.idx_files import write_fashion_mnist
+from tests.helpers.processes import Job, stop_process
+from tests.helpers.run_files import (
+    checkpoint,
+    checkpoint_steps,
+    finite_checkpoint,
+    leftovers,
+    logged_steps,
+    metrics,
+    metrics_intact,
+)
+from tests.helpers.schedule import schedule
 
 # One metrics record per step, so the tests see exactly how far a run got; no W&B (it doubles the
 # start-up time of a run here; W&B across kills and resumes is tests/test_wandb.py's subject).
 EVERY_STEP = ["train.log_every=1", "wandb.mode=disabled"]
-
-
-@pytest.fixture(autouse=True)
-def _no_process_left_behind() -> Iterator[None]:
-    yield
-    kill_leftovers()
-
-
-def checkpoint(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{step:08d}.pt"
-
-
-def where_in_epoch(step: int, steps_per_epoch: int = TOTAL_STEPS // 3) -> str:
-    epoch, into = divmod(step, steps_per_epoch)
-    return f"end of epoch {epoch}" if into == 0 else f"epoch {epoch + 1}, {into} of {steps_per_epoch} steps in"
-
-
-def shown(line: str, run_dir: Path, width: int = 110) -> str:
-    """An error line for the table: the test's temporary folder written as run.dir, cut to ``width``."""
-    text = line.replace(str(run_dir), "<run.dir>")
-    return f"`{text[:width]}{'...' if len(text) > width else ''}`"
+TINY_STEPS = schedule(TINY)  # 3 epochs of 23 steps, checkpoints every 10 steps
+EVERY_STEP_LOGGED = schedule([*TINY, *EVERY_STEP])
 
 
 def same_weights(run_dir: Path, reference: Path) -> None:
@@ -103,17 +86,17 @@ def test_kill_9_of_one_rank_torchrun_restarts_the_workers_and_matches(reference_
     run_dir = tmp_path / "run"
     with holding_port(29500):
         job = Job.start([*TINY, f"run.dir={run_dir}", *EVERY_STEP], tmp_path, nproc=2, torchrun_args=("--max-restarts=2",))
-        job.wait_for_step(12)  # past checkpoint step 10, inside epoch 1 (steps 1-23)
+        job.wait_for_step(12)  # past checkpoint step 10, inside epoch 1
         job.signal(signal.SIGKILL, ranks=[1])
         done = max(logged_steps(run_dir))  # the restarted workers log nothing for seconds yet
         assert job.wait() == [0], job.output()[-4000:]
     resumed = [int(step) for step in re.findall(r"resumed from \S+step_(\d+)\.pt", job.output())]
-    assert len(resumed) == 1 and resumed[0] <= done < TOTAL_STEPS, (resumed, done)
+    assert len(resumed) == 1 and resumed[0] <= done < TINY_STEPS.total, (resumed, done)
     assert "exitcode: -9" in job.output() or "exitcode  : -9" in job.output()
     same_weights(run_dir, reference)
-    lost = metrics_intact(run_dir, log_every=1)
+    lost = metrics_intact(run_dir, EVERY_STEP_LOGGED)
     report("kill -9 of one rank", "SIGKILL to rank 1 of `torchrun --nproc_per_node=2 --max-restarts=2` at step "
-           f"{done} ({where_in_epoch(done)})", f"torchrun restarted both workers once; they resumed from step {resumed[0]}; "
+           f"{done} ({TINY_STEPS.where(done)})", f"torchrun restarted both workers once; they resumed from step {resumed[0]}; "
            "final weights bitwise equal to an uninterrupted run", f"{done - resumed[0]} steps ({resumed[0] + 1}-{done})",
            lost)
 
@@ -136,7 +119,7 @@ def test_sigterm_to_one_process_checkpoints_exits_75_and_the_rerun_matches(refer
     job.signal(signal.SIGTERM)
     assert job.wait() == [EXIT_PREEMPTED], job.output()[-3000:]
     stop = stopped_at(job.output(), signal.SIGTERM)
-    assert signalled <= stop < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stop
+    assert signalled <= stop < TINY_STEPS.total and checkpoint_steps(run_dir)[-1] == stop
     finite_checkpoint(checkpoint(run_dir, stop))
     rerun = Job.start(args, tmp_path)
     assert rerun.wait() == [0], rerun.output()[-3000:]
@@ -144,7 +127,7 @@ def test_sigterm_to_one_process_checkpoints_exits_75_and_the_rerun_matches(refer
     same_weights(run_dir, reference)
     report("SIGTERM, one process", f"SIGTERM to `python -m ae_dist.train` at step {signalled}",
            f"checkpoint at step {stop} (the next step boundary), exit 75; the rerun resumed there and ended "
-           "bitwise equal", "0 steps", metrics_intact(run_dir, log_every=1))
+           "bitwise equal", "0 steps", metrics_intact(run_dir, EVERY_STEP_LOGGED))
 
 
 def test_sigterm_to_every_rank_checkpoints_each_exits_75_and_the_rerun_matches(reference_runs, tmp_path: Path) -> None:
@@ -157,14 +140,14 @@ def test_sigterm_to_every_rank_checkpoints_each_exits_75_and_the_rerun_matches(r
     job.signal(signal.SIGTERM)
     assert job.wait() == [EXIT_PREEMPTED, EXIT_PREEMPTED], job.output(0)[-2000:] + job.output(1)[-2000:]
     stop = stopped_at(job.output(0), signal.SIGTERM)
-    assert signalled <= stop < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stop
+    assert signalled <= stop < TINY_STEPS.total and checkpoint_steps(run_dir)[-1] == stop
     finite_checkpoint(checkpoint(run_dir, stop))
     rerun = Job.start(args, tmp_path, nproc=2, srun_like=True)
     assert rerun.wait() == [0, 0], rerun.output(0)[-3000:]
     same_weights(run_dir, reference)
     report("SIGTERM to every rank", f"SIGTERM to both ranks (one process each, as srun starts them) at step {signalled}",
            f"both ranks agreed on step {stop}, rank 0 wrote its checkpoint, each exited 75; the rerun ended bitwise "
-           "equal", "0 steps", metrics_intact(run_dir, log_every=1))
+           "equal", "0 steps", metrics_intact(run_dir, EVERY_STEP_LOGGED))
 
 
 def test_sigusr1_to_rank_0_alone_under_torchrun_stops_both_ranks(reference_runs, tmp_path: Path) -> None:
@@ -179,13 +162,13 @@ def test_sigusr1_to_rank_0_alone_under_torchrun_stops_both_ranks(reference_runs,
     assert job.wait() == [1], job.output()[-3000:]
     assert re.findall(r"^\s+exitcode\s+: (-?\d+)", job.output(), re.M) == ["75", "75"], job.output()[-3000:]
     stop = stopped_at(job.output(), signal.SIGUSR1)
-    assert signalled <= stop < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stop
+    assert signalled <= stop < TINY_STEPS.total and checkpoint_steps(run_dir)[-1] == stop
     rerun = Job.start(args, tmp_path, nproc=2)
     assert rerun.wait() == [0], rerun.output()[-3000:]
     same_weights(run_dir, reference)
     report("SIGUSR1 to rank 0 alone", f"SIGUSR1 (SLURM `--signal`) to rank 0 only of a 2-rank torchrun at step "
            f"{signalled}", f"both ranks stopped at step {stop} (checked every 10 steps) and exited 75; torchrun "
-           "exited 1 listing both; the rerun ended bitwise equal", "0 steps", metrics_intact(run_dir, log_every=1))
+           "exited 1 listing both; the rerun ended bitwise equal", "0 steps", metrics_intact(run_dir, EVERY_STEP_LOGGED))
 
 
 # 3. Disk full during a checkpoint write ------------------------------------------------------------
@@ -218,7 +201,7 @@ def test_disk_full_during_a_checkpoint_write(reference_runs, tmp_path: Path) -> 
         assert rerun.wait() == [0], rerun.output()[-3000:]
         assert f"resumed from {path}" in rerun.output()
         same_weights(run_dir, reference)
-        lost = metrics_intact(run_dir, log_every=1)
+        lost = metrics_intact(run_dir, EVERY_STEP_LOGGED)
     report("disk full in a checkpoint write", f"run.dir on a 32 MiB tmpfs, filled to 1 MiB free after step {good}",
            f"{shown(line, run_dir)} exit 1; checkpoint {good} intact and loadable, no temporary file left; after freeing "
            "space the rerun ended bitwise equal", f"{done - good} steps ({good + 1}-{done})", lost)
@@ -231,7 +214,7 @@ def test_disk_full_while_writing_metrics_and_pictures(tmp_path: Path) -> None:
         run_dir = disk / "run"
         # W&B offline here: its files live in run.dir too
         job = Job.start([*TINY, f"run.dir={run_dir}", "train.log_every=1", "checkpoint.every_steps=0"], tmp_path)
-        job.wait_for_step(24)
+        job.wait_for_step(TINY_STEPS.epoch_end(1) + 1)
         stop_process(job.procs[0].pid)
         good = checkpoint_steps(run_dir)[-1]
         fill_disk(disk, leave_bytes=0)
@@ -239,13 +222,13 @@ def test_disk_full_while_writing_metrics_and_pictures(tmp_path: Path) -> None:
         assert job.wait() == [1], job.output()[-3000:]
         line = one_clear_line(job.output())
         assert "No space left on device (run.dir)" in line
-        assert checkpoint_steps(run_dir) == [good] == [23]
+        assert checkpoint_steps(run_dir) == [good] == [TINY_STEPS.epoch_end(1)]
         finite_checkpoint(checkpoint(run_dir, good))
         assert leftovers(run_dir) == []
         records = metrics(run_dir)
         done = max(r["step"] for r in records)
-    report("disk full in metrics/pictures", "run.dir on a 32 MiB tmpfs, filled completely after checkpoint step 23 "
-           "(checkpoints at epoch ends only)", f"{shown(line, run_dir)} exit 1; checkpoint 23 intact, no partial "
+    report("disk full in metrics/pictures", f"run.dir on a 32 MiB tmpfs, filled completely after checkpoint step {good} "
+           "(checkpoints at epoch ends only)", f"{shown(line, run_dir)} exit 1; checkpoint {good} intact, no partial "
            "picture left", f"{done - good} steps ({good + 1}-{done})",
            f"none written is lost: {len(records)} complete records; later ones were never written")
 
@@ -298,7 +281,7 @@ def test_huge_learning_rate_stops_naming_the_step_and_keeps_the_last_good_checkp
 def poisoned_run(tmp_path: Path, policy: str, step: int) -> tuple[Job, Path]:
     run_dir = tmp_path / "run"
     args = [*TINY, f"run.dir={run_dir}", f"train.nan_policy={policy}", "wandb.mode=disabled"]
-    job = Job.start(args, tmp_path, command=python_script(POISON_BATCH, tmp_path, args), POISON_STEP=str(step))
+    job = Job.start(args, tmp_path, env=hook_env(tmp_path, "poison_batch", POISON_STEP=str(step)))
     job.wait()
     return job, run_dir
 
@@ -319,10 +302,10 @@ def test_poisoned_batch_with_nan_policy_skip_drops_the_step_and_counts_it(tmp_pa
     job, run_dir = poisoned_run(tmp_path, "skip", 15)
     assert job.exit_codes == [0], job.output()[-3000:]
     epochs = [r for r in metrics(run_dir) if r["kind"] == "epoch"]
-    assert [r["skipped_steps"] for r in epochs] == [1, 1, 1]
+    assert [r["skipped_steps"] for r in epochs] == [1] * TINY_STEPS.epochs
     weights = load_weights(run_dir / "model.pt")
     assert all(t.isfinite().all() for t in weights.values())
-    assert finite_checkpoint(checkpoint(run_dir, TOTAL_STEPS))["skipped_steps"] == 1
+    assert finite_checkpoint(checkpoint(run_dir, TINY_STEPS.total))["skipped_steps"] == 1
     report("NaN loss, nan_policy=skip", "a NaN pixel in the batch of step 15, train.nan_policy=skip",
            "step 15 skipped (no update), `skipped_steps: 1` in metrics.jsonl and the checkpoints; run completed, "
            "weights finite", "1 step (the poisoned one)", "none")
@@ -388,25 +371,6 @@ def test_master_port_taken_under_torchrun_fails_fast(tmp_path: Path) -> None:
 # 7. Damaged data files -----------------------------------------------------------------------------
 
 
-def idx_images(count: int) -> bytes:
-    pixels = np.random.default_rng(count).integers(0, 256, (count, 28, 28), dtype=np.uint8)
-    return struct.pack(">IIII", 0x00000803, count, 28, 28) + pixels.tobytes()
-
-
-def idx_labels(count: int) -> bytes:
-    return struct.pack(">II", 0x00000801, count) + (np.arange(count) % 10).astype(np.uint8).tobytes()
-
-
-def write_fashion_mnist(root: Path) -> Path:
-    """Small files in torchvision's FashionMNIST layout (uncompressed IDX, big-endian headers)."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count in (("train", 64), ("t10k", 32)):
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_images(count))
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_labels(count))
-    return raw
-
-
 def truncate(path: Path) -> None:
     content = path.read_bytes()
     path.write_bytes(content[: len(content) * 2 // 3])
@@ -431,7 +395,7 @@ DAMAGE = {
 
 
 def test_intact_small_idx_files_load(tmp_path: Path) -> None:
-    write_fashion_mnist(tmp_path)
+    write_fashion_mnist(tmp_path, train=64, test=32)
     split = data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=True)
     assert split.images.shape == (64, 1, 28, 28) and split.labels.tolist()[:11] == [*range(10), 0]
 
@@ -439,7 +403,7 @@ def test_intact_small_idx_files_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", DAMAGE)
 def test_damaged_data_file_is_named_in_one_line(tmp_path: Path, case: str) -> None:
     name, damage, train = DAMAGE[case]
-    raw = write_fashion_mnist(tmp_path)
+    raw = write_fashion_mnist(tmp_path, train=64, test=32)
     damage(raw / name)
     with pytest.raises(UsageError) as caught:
         data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=train)
@@ -449,7 +413,7 @@ def test_damaged_data_file_is_named_in_one_line(tmp_path: Path, case: str) -> No
 
 
 def test_damaged_data_file_stops_the_command_before_training(tmp_path: Path) -> None:
-    raw = write_fashion_mnist(tmp_path / "data")
+    raw = write_fashion_mnist(tmp_path / "data", train=64, test=32)
     truncate(raw / "train-images-idx3-ubyte")
     run_dir = tmp_path / "run"
     result = subprocess.run(train_cmd([*TINY, "data.name=fashion_mnist", f"data.root={tmp_path / 'data'}",

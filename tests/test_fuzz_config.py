@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PYTHON, REPO, clean_env
-from faults_helpers import report
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ae_dist.config import Config, choices, from_dict, leaf_fields, load_config, to_dict, validate
 from ae_dist.errors import UsageError
+from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.faults import report
 
 KEYS = sorted(leaf_fields())
 CHOICES = [choice for kind, _ in leaf_fields().values() for choice in choices(kind)]  # every Literal field's words

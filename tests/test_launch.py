@@ -7,10 +7,8 @@ preemption signal, resume bitwise identical).
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,24 +16,17 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_weights, wait_for
-from wandb_offline import merge_runs, read_runs
 
 from ae_dist.config import load_config
 from launch import cli, job, plan, profiles, request
-from launch.jobs import REGISTRY, Record
+from launch.jobs import REGISTRY
+from tests.helpers.commands import REPO, TINY, assert_bitwise_equal, load_weights, wait_for
+from tests.helpers.launcher import run_launch, start_launch, wait_for_record
+from tests.helpers.run_files import has_logged_a_step, run_id
+from tests.helpers.schedule import schedule
+from tests.helpers.wandb_offline import merge_runs, read_runs
 
 THREADS = ("train.threads=1",)  # the same intra-op threads in the reference and in the job: bitwise comparable
-
-
-def launch(args: list[str], tmp: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "launch", *args], cwd=tmp, env=clean_env(tmp), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
-
-
-def run_launch(args: list[str], tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "launch", *args], cwd=tmp, env=clean_env(tmp), capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def usage_error(argv: list[str], capsys) -> str:
@@ -44,10 +35,6 @@ def usage_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
-
-
-def last_record(tmp: Path) -> Record:
-    return Record.from_json((tmp / REGISTRY).read_text().splitlines()[-1])
 
 
 # -------------------------------------------------------------------------------------------
@@ -169,21 +156,18 @@ def test_torchrun_variables_from_the_job() -> None:
 def test_local_executor_two_processes_requeue_and_resume_exactly(tmp_path: Path, reference_runs) -> None:
     """Two ranks under submitit's local executor: SIGUSR2 to both mid-training (as SLURM sends it) ->
     checkpoint, requeue, resume; the final weights are those of an uninterrupted 2-process torchrun run."""
-    reference = reference_runs(THREADS, nproc=2)  # the signal goes straight to the tasks: 69 steps leave room
+    reference = reference_runs(THREADS, nproc=2)  # the signal goes straight to the tasks: 3 epochs leave room
     run_dir = tmp_path / "run"
-    proc = launch(["--executor", "local", "--tasks-per-node", "2", "--wait", *TINY, *THREADS, "run.dir=run"], tmp_path)
-    try:
-        wait_for(lambda: (tmp_path / REGISTRY).exists(), 120, "the job to be submitted")
-        record = last_record(tmp_path)
-        wait_for(lambda: '"kind": "train"' in _read(run_dir / "metrics.jsonl"), 120, "the first logged step")
-        tasks = psutil.Process(int(record.job_id)).children()  # the controller's children: rank 0 and rank 1
-        assert len(tasks) == 2
-        for task in tasks:
-            task.send_signal(signal.SIGUSR2)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        _stop(proc)
-    assert proc.returncode == 0, out + err
+    launcher = start_launch(["--executor", "local", "--tasks-per-node", "2", "--wait", *TINY, *THREADS, "run.dir=run"],
+                            tmp_path)
+    record = wait_for_record(tmp_path, launcher)
+    wait_for(lambda: has_logged_a_step(run_dir), 120, "the first logged step")
+    tasks = psutil.Process(int(record.job_id)).children()  # the controller's children: rank 0 and rank 1
+    assert len(tasks) == 2
+    for task in tasks:
+        task.send_signal(signal.SIGUSR2)
+    assert launcher.wait(300) == [0], launcher.output()
+    out = launcher.stdout()
     assert record.executor == "local" and record.runs[0].run_dir == str(run_dir)
     assert f"submitted job {record.job_id}" in out and record.runs[0].wandb_run_id in out
     log = Path(record.runs[0].logs[0]).read_text()
@@ -191,10 +175,12 @@ def test_local_executor_two_processes_requeue_and_resume_exactly(tmp_path: Path,
     assert_bitwise_equal(load_weights(reference / "model.pt"), load_weights(run_dir / "model.pt"))
     pieces = read_runs(run_dir / "wandb")
     assert len(pieces) == 2 and len(merge_runs(pieces)) == 1  # two starts, one W&B run
-    assert pieces[0].run_id == json.loads((run_dir / "run.json").read_text())["wandb_run_id"]
+    assert pieces[0].run_id == run_id(run_dir)
 
     status = run_launch(["status"], tmp_path)
-    assert status.returncode == 0 and "COMPLETED" in status.stdout and "epoch 3/3, step 69" in status.stdout
+    s = schedule([*TINY, *THREADS])
+    assert status.returncode == 0 and "COMPLETED" in status.stdout
+    assert f"epoch {s.epochs}/{s.epochs}, step {s.total}" in status.stdout
     logs = run_launch(["logs", record.job_id, "--task", "1"], tmp_path)
     assert logs.stdout.count("ae-dist task 1/2") == 2  # rank 1's log, both starts
     fetched = run_launch(["fetch", "--to", "fetched"], tmp_path)
@@ -216,20 +202,3 @@ def test_console_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_launch(["--executor", "local", "--nodes", "0"], tmp_path, timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: --nodes is 0 (--nodes): use an integer >= 1")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Whatever this test started and left running: the launcher, its controller and tasks, by pid."""
-    if proc.poll() is None:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            child.kill()
-        proc.kill()
-        proc.wait()
-

@@ -7,16 +7,17 @@ is not the repository: the code runs from the snapshot the launcher shipped.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sshd
-from conftest import PYTHON, TINY, clean_env
-from slurm_fixture import SlurmCluster
+
+from tests.helpers import sshd
+from tests.helpers.commands import PYTHON, TINY, clean_env
+from tests.helpers.run_files import metrics
+from tests.helpers.slurm import SlurmCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
@@ -73,7 +74,7 @@ def test_submit_status_logs_fetch_over_ssh(slurm_cluster: SlurmCluster, login: s
     assert fetched.returncode == 0, fetched.stderr
     got = laptop / "fetched" / "r1"
     assert (got / "recon.png").stat().st_size > 0
-    records = [json.loads(line) for line in (got / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(got)
     assert records[-1]["kind"] == "epoch" and records[-1]["epoch"] == 1
     assert not (got / "checkpoints").exists()
 

@@ -7,7 +7,6 @@ on the pre-timeout signal with an exact resume, a sweep as a job array, impossib
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -15,16 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_weights, wait_for
-from slurm_fixture import SlurmCluster
-from wandb_offline import merge_runs, read_runs
 
-from launch.jobs import REGISTRY, Record, sacct_rows
+from launch.jobs import sacct_rows
+from tests.helpers.commands import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_weights, wait_for
+from tests.helpers.launcher import last_record, run_launch
+from tests.helpers.run_files import epoch_records, has_logged_a_step, run_id
+from tests.helpers.slurm import SlurmCluster
+from tests.helpers.wandb_offline import merge_runs, read_runs
 
 pytestmark = pytest.mark.slurm
 
 THREADS = ("train.threads=1",)  # as in the torchrun reference: bitwise comparable
-LONGER = ("train.epochs=6", *THREADS)  # 138 steps: room for the signal to arrive mid-training
+LONGER = ("train.epochs=6", *THREADS)  # 6 epochs of 23 steps: room for the signal to arrive mid-training
 JOB = ("--cpus-per-task", "1", "--time", "10")
 RUN_FILES = {"config.yaml", "metrics.jsonl", "model.pt", "recon.png", "latent.png", "loss.png", "run.json", "checkpoints"}
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
@@ -34,15 +35,6 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 def env(slurm_cluster: SlurmCluster, tmp_path: Path) -> dict[str, str]:
     """A clean environment that reaches the cluster; W&B offline, inside tmp_path."""
     return clean_env(tmp_path, SLURM_CONF=str(slurm_cluster.slurm_conf), AE_DIST_PYTHON=PYTHON)
-
-
-def run_launch(args: list[str], tmp: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "launch", *args], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def submitted(tmp: Path) -> Record:
-    return Record.from_json((tmp / REGISTRY).read_text().splitlines()[-1])
 
 
 def sbatch(tmp: Path, env: dict[str, str], *args: str) -> str:
@@ -71,16 +63,9 @@ def wait_ended(cluster: SlurmCluster, job_id: str, timeout: float = 300) -> list
     return wait_for(ended, timeout, f"job {job_id} to end")
 
 
-def first_logged_step(run_dir: Path) -> bool:
-    try:
-        return '"kind": "train"' in (run_dir / "metrics.jsonl").read_text()
-    except FileNotFoundError:
-        return False
-
-
 def assert_complete(run_dir: Path) -> None:
     assert {p.name for p in run_dir.iterdir()} >= RUN_FILES, sorted(p.name for p in run_dir.iterdir())
-    epochs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    epochs = epoch_records(run_dir)
     assert [r["epoch"] for r in epochs] == list(range(1, len(epochs) + 1)) and epochs
 
 
@@ -88,7 +73,7 @@ def assert_one_wandb_run(run_dir: Path, starts: int) -> None:
     pieces = read_runs(run_dir / "wandb")
     assert len(pieces) == starts  # one offline-run folder per start of the trainer
     (merged,) = merge_runs(pieces).values()
-    assert merged.run_id == json.loads((run_dir / "run.json").read_text())["wandb_run_id"]
+    assert merged.run_id == run_id(run_dir)
     assert merged.steps == sorted(set(merged.steps))  # nothing logged twice across the requeue
 
 
@@ -96,7 +81,7 @@ def test_two_node_submitit_job_matches_torchrun(slurm_cluster: SlurmCluster, tmp
     reference = reference_runs(THREADS, nproc=2)
     result = run_launch(["--nodes", "2", *JOB, "--wait", *TINY, *THREADS, "run.dir=run"], tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
-    record = submitted(tmp_path)
+    record = last_record(tmp_path)
     assert states(slurm_cluster, record.job_id) == ["COMPLETED"]
     hosts = {}
     for log in record.runs[0].logs:
@@ -129,9 +114,9 @@ def test_submitit_job_requeued_on_the_pre_timeout_signal_resumes_exactly(
     run_dir = tmp_path / "run"
     result = run_launch(["--nodes", "2", *JOB, *TINY, *LONGER, "run.dir=run"], tmp_path, env)
     assert result.returncode == 0, result.stderr
-    job_id = submitted(tmp_path).job_id
+    job_id = last_record(tmp_path).job_id
     try:
-        wait_for(lambda: first_logged_step(run_dir), 180, "the first logged training step")
+        wait_for(lambda: has_logged_a_step(run_dir), 180, "the first logged training step")
         slurm_cluster.run(["scancel", "--signal=USR2", job_id])  # what --signal=USR2@120 sends before the limit
         logs = run_launch(["logs", job_id], tmp_path, env)  # follows until the job has ended
     finally:
@@ -151,7 +136,7 @@ def test_sbatch_job_requeued_on_the_pre_timeout_signal_resumes_exactly(
     run_dir = tmp_path / "run"
     job_id = sbatch(tmp_path, env, *TINY, *LONGER, f"run.dir={run_dir}")
     try:
-        wait_for(lambda: first_logged_step(run_dir), 180, "the first logged training step")
+        wait_for(lambda: has_logged_a_step(run_dir), 180, "the first logged training step")
         slurm_cluster.run(["scancel", "--signal=USR1", job_id])  # what --signal=USR1@120 sends before the limit
         rows = wait_ended(slurm_cluster, job_id)
     finally:
@@ -169,7 +154,7 @@ def test_sweep_is_one_job_array(slurm_cluster: SlurmCluster, tmp_path: Path, env
     result = run_launch(["--sweep", "optim.lr=1e-3,3e-3", *JOB, "--wait", *TINY, "train.epochs=1", "run.dir=sweep"],
                         tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
-    record = submitted(tmp_path)
+    record = last_record(tmp_path)
     assert [run.job_id for run in record.runs] == [f"{record.job_id}_0", f"{record.job_id}_1"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_CONF", str(slurm_cluster.slurm_conf))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from conftest import REPO, run_train
 from torch import nn
 
 from ae_dist.config import ModelConfig
 from ae_dist.models import build_model
+from tests.helpers.commands import REPO, run_train
+from tests.helpers.run_files import epoch_records
 
 
 def seed_autoencoder() -> nn.Module:
@@ -53,8 +53,7 @@ def test_models_keep_shape_and_range() -> None:
 
 
 def final_test_loss(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["kind"] == "epoch"][-1]["test_loss"]
+    return epoch_records(run_dir)[-1]["test_loss"]
 
 
 def test_conv_beats_mlp_on_digits_at_latent_3(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ checkpoint made with another model or data config stops the run with exit 2.
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import shutil
 import zipfile
@@ -18,14 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_bitwise_equal, load_weights, run_train
-from interrupted import interrupted_run, metrics
 
 from ae_dist import checkpoint
 from ae_dist.config import load_config, to_dict
 from ae_dist.errors import UsageError
+from tests.helpers.commands import TINY, assert_bitwise_equal, load_weights, run_train
+from tests.helpers.interrupted import interrupted_run
+from tests.helpers.run_files import checkpoint as checkpoint_path
+from tests.helpers.run_files import metrics, write_metrics
+from tests.helpers.schedule import schedule
 
-LAST_STEP = 69  # TINY: 3 epochs of 23 steps
+TINY_STEPS = schedule(TINY)  # 3 epochs of 23 steps; checkpoints every 10 steps and at epoch ends, the newest 3 kept
+
+
+def name(step: int) -> str:
+    return checkpoint_path(Path(), step).name
 
 
 def copy_run(source: Path, tmp: Path) -> Path:
@@ -59,28 +65,32 @@ def resumed_from(stdout: str) -> str:
 def test_killed_three_times_then_rerun_matches_the_uninterrupted_run(nproc, reference_runs, tmp_path_factory):
     run = interrupted_run(tmp_path_factory, nproc)
     after_checkpoint, mid_epoch, in_write, to_the_end = run.legs
+    s, kills = run.schedule, run.kills
     for leg in run.legs[:3]:
         assert leg.returncode == -9, (leg.name, leg.returncode, leg.stderr[-2000:])  # the command was killed
     assert to_the_end.returncode == 0, to_the_end.stderr[-3000:]
 
     # Where each kill landed, and where each rerun started.
-    assert after_checkpoint.newest_step() in (10, 20), after_checkpoint.checkpoints
+    assert after_checkpoint.newest_step() in (kills.after_checkpoint, kills.after_checkpoint + s.every_steps), \
+        after_checkpoint.checkpoints
     assert resumed_from(mid_epoch.stdout) == after_checkpoint.checkpoints[-1]
     killed_at = max(r["step"] for r in mid_epoch.metrics)
-    assert 25 <= killed_at < 46 and mid_epoch.newest_step() < 46, "killed mid-epoch 2, after unsaved steps"
+    epoch_2_end = s.epoch_end(2)
+    assert kills.mid_epoch <= killed_at < epoch_2_end and mid_epoch.newest_step() < epoch_2_end, \
+        "killed mid-epoch 2, after unsaved steps"
     assert not any(r["kind"] == "epoch" and r["epoch"] == 2 for r in mid_epoch.metrics)
     assert resumed_from(in_write.stdout) == mid_epoch.checkpoints[-1]
-    assert in_write.newest_step() == 46, in_write.checkpoints  # the write of step 50 never completed
-    assert len(in_write.temporaries) == 1 and in_write.temporaries[0].startswith(".step_00000050.pt.tmp-")
-    assert resumed_from(to_the_end.stdout) == "step_00000046.pt"
+    assert in_write.newest_step() == epoch_2_end, in_write.checkpoints  # the write of step 50 never completed
+    assert len(in_write.temporaries) == 1 and in_write.temporaries[0].startswith(f".{name(kills.in_write)}.tmp-")
+    assert resumed_from(to_the_end.stdout) == name(epoch_2_end)
     assert to_the_end.temporaries == [], "the partial file of the killed writer is removed"
-    assert to_the_end.checkpoints == ["step_00000050.pt", "step_00000060.pt", "step_00000069.pt"]
+    assert to_the_end.checkpoints == [name(step) for step in s.kept()]  # steps 50, 60, 69
 
     reference = reference_runs((), nproc)
     assert_bitwise_equal(load_weights(run.run_dir / "model.pt"), load_weights(reference / "model.pt"))
     # The last checkpoint holds the same state as well (optimizer included).
-    ours = checkpoint.read(run.run_dir / "checkpoints" / "step_00000069.pt")
-    theirs = checkpoint.read(reference / "checkpoints" / "step_00000069.pt")
+    ours = checkpoint.read(checkpoint_path(run.run_dir, s.total))
+    theirs = checkpoint.read(checkpoint_path(reference, s.total))
     for a, b in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values()):
         assert_bitwise_equal(a, b)
 
@@ -89,23 +99,24 @@ def test_killed_three_times_then_rerun_matches_the_uninterrupted_run(nproc, refe
 
 
 def test_two_process_run_resumes_with_one_process(reference_runs, tmp_path):
-    # The 2-process run as it stood at its step-50 checkpoint (mid-epoch 3): later files removed.
+    # The 2-process run as it stood at its oldest kept checkpoint (step 50, mid-epoch 3): later files removed.
     reference = reference_runs((), 2)
     run_dir = copy_run(reference, tmp_path)
     (run_dir / "model.pt").unlink()
-    for late in ("step_00000060.pt", "step_00000069.pt"):
-        (run_dir / "checkpoints" / late).unlink()
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics(reference) if r["step"] <= 50))
+    start, *later = TINY_STEPS.kept()
+    for late in later:
+        checkpoint_path(run_dir, late).unlink()
+    write_metrics(run_dir, [r for r in metrics(reference) if r["step"] <= start])
 
     done = run_train([*TINY, f"run.dir={run_dir}", "wandb.mode=disabled"], tmp_path, nproc=1)
-    assert resumed_from(done.stdout) == "step_00000050.pt"
-    saved = checkpoint.read(run_dir / "checkpoints" / "step_00000050.pt")
-    assert (saved["epoch"], saved["batch"]) == (2, 4)  # epoch 3, after its 4th global batch
+    assert resumed_from(done.stdout) == name(start)
+    saved = checkpoint.read(checkpoint_path(run_dir, start))
+    assert (saved["epoch"], saved["batch"]) == TINY_STEPS.position(start)  # (2, 4): epoch 3, after 4 batches
 
     ours, theirs = metrics(run_dir), metrics(reference)
     assert [(r["step"], r["kind"]) for r in ours] == [(r["step"], r["kind"]) for r in theirs]
-    assert ours[-1]["kind"] == "epoch" and ours[-1]["step"] == LAST_STEP
-    assert checkpoint.read(run_dir / "checkpoints" / f"step_{LAST_STEP:08d}.pt")["step"] == LAST_STEP
+    assert ours[-1]["kind"] == "epoch" and ours[-1]["step"] == TINY_STEPS.total
+    assert checkpoint.read(checkpoint_path(run_dir, TINY_STEPS.total))["step"] == TINY_STEPS.total
     assert abs(ours[-1]["test_loss"] - theirs[-1]["test_loss"]) < 1e-3
     # World-size invariant up to float summation order: close, and not by accident identical.
     weights, uninterrupted = load_weights(run_dir / "model.pt"), load_weights(reference / "model.pt")
@@ -118,7 +129,7 @@ def test_two_process_run_resumes_with_one_process(reference_runs, tmp_path):
 def test_damaged_newest_checkpoints_are_skipped_with_one_line_each(reference_runs, tmp_path):
     run_dir = copy_run(reference_runs((), 1), tmp_path)
     (run_dir / "model.pt").unlink()
-    newest, older = run_dir / "checkpoints" / "step_00000069.pt", run_dir / "checkpoints" / "step_00000060.pt"
+    oldest, older, newest = (checkpoint_path(run_dir, step) for step in TINY_STEPS.kept())  # steps 50, 60, 69
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # truncated
     damaged = bytearray(older.read_bytes())
@@ -130,9 +141,9 @@ def test_damaged_newest_checkpoints_are_skipped_with_one_line_each(reference_run
     done = run_train([*TINY, f"run.dir={run_dir}", "wandb.mode=disabled"], tmp_path)
     lines = warnings(done.stderr)
     assert len(lines) == 2, done.stderr
-    assert "step_00000069.pt" in lines[0] and "step_00000060.pt" in lines[1]
+    assert newest.name in lines[0] and older.name in lines[1]
     assert "bad bytes" in lines[1]
-    assert resumed_from(done.stdout) == "step_00000050.pt"
+    assert resumed_from(done.stdout) == oldest.name
     assert_bitwise_equal(load_weights(run_dir / "model.pt"), load_weights(reference_runs((), 1) / "model.pt"))
 
 
@@ -191,7 +202,7 @@ def test_other_model_config_stops_with_exit_2(reference_runs, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: checkpoint was made with model.latent_dim=3, this command has 4 (")
-    assert "step_00000069.pt" in lines[0]
+    assert name(TINY_STEPS.total) in lines[0]
     assert snapshot(run_dir) == before, "nothing in the run folder changed (config.yaml included)"
 
 
@@ -216,7 +227,7 @@ def test_finished_run_rerun_says_complete_and_changes_nothing(reference_runs, tm
     run_dir = copy_run(reference_runs((), 1), tmp_path)
     before = snapshot(run_dir)
     result = run_train([*TINY, f"run.dir={run_dir}"], tmp_path)
-    assert f"run complete: {run_dir} (step {LAST_STEP})" in result.stdout
+    assert f"run complete: {run_dir} (step {TINY_STEPS.total})" in result.stdout
     assert "step 5/" not in result.stdout  # no training
     assert snapshot(run_dir) == before
 
@@ -233,11 +244,11 @@ def test_resume_never_refuses_a_folder_that_holds_a_run(reference_runs, tmp_path
 def test_resume_from_a_path_continues_in_a_new_folder(reference_runs, tmp_path):
     reference = reference_runs((), 1)
     run_dir = tmp_path / "branch"
-    start = reference / "checkpoints" / "step_00000050.pt"
+    start = checkpoint_path(reference, TINY_STEPS.kept()[0])  # step 50, mid-epoch 3
     result = run_train([*TINY, f"run.dir={run_dir}", f"train.resume={start}"], tmp_path)
     assert resumed_from(result.stdout) == start.name
     assert_bitwise_equal(load_weights(run_dir / "model.pt"), load_weights(reference / "model.pt"))
-    assert [r["step"] for r in metrics(run_dir)] == [r["step"] for r in metrics(reference) if r["step"] > 50]
+    assert [r["step"] for r in metrics(run_dir)] == [r["step"] for r in metrics(reference) if r["step"] > TINY_STEPS.kept()[0]]
     own_id = (run_dir / "run.json").read_text()
     source_id = (reference / "run.json").read_text()
     assert '"wandb_run_id"' in own_id and own_id.split('"wandb_run_id"')[1] != source_id.split('"wandb_run_id"')[1]

@@ -19,10 +19,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import REPO, TINY, clean_env, load_weights, run_train, train_cmd, wait_for
-from faults_helpers import Job, checkpoint_steps, error_lines, one_clear_line, report, stop_process
 
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from tests.helpers.commands import REPO, TINY, clean_env, hook_env, load_weights, run_train, train_cmd, wait_for
+from tests.helpers.faults import error_lines, one_clear_line, report
+from tests.helpers.processes import Job, stop_process
+from tests.helpers.run_files import checkpoint_steps
 
 
 def same_weights(run_dir: Path, reference: Path) -> None:
@@ -223,14 +225,11 @@ SLOW_START = ["data.name=synthetic", "data.synthetic_train=1500000"]  # seconds 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    job = Job.start([*TINY, *SLOW_START, f"run.dir={run_dir}"], tmp_path)
-    pid = job.procs[0].pid
-    # SIGUSR1, not SIGINT: Python has a SIGINT handler of its own from the start
-    wait_for(lambda: handles(pid, signal.SIGUSR1) or job.check_running(), 60, "the stop handlers")
-    os.kill(pid, signal.SIGINT)
-    wait_for(lambda: "interrupted: stopping before the first step" in job.output() or job.check_running(), 60,
+    job = Job.start([*TINY, f"run.dir={run_dir}"], tmp_path, env=hook_env(tmp_path, "slow_steps", SLOW_STEP_S="2"))
+    job.wait_for_step(5)
+    job.signal(signal.SIGINT)
+    wait_for(lambda: "interrupted: stopping at the next step boundary" in job.output() or job.check_running(), 60,
              "the first Ctrl-C to be seen")
-    os.kill(pid, signal.SIGINT)
+    job.signal(signal.SIGINT)  # within the 2 s step: the first has not been acted on yet
     assert job.wait(60) == [EXIT_INTERRUPTED]
     assert "interrupted again: stopping now" in job.output() and "Traceback" not in job.output()
-

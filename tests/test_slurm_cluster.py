@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from slurm_fixture import CLUSTER_SH, SlurmCluster
+
+from tests.helpers.commands import wait_for
+from tests.helpers.slurm import CLUSTER_SH, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 

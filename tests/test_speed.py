@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, clean_env
 
 from ae_dist import engine
 from ae_dist.config import OptimConfig
@@ -18,6 +17,8 @@ from ae_dist.data import EpochBatches, Split, synthetic_split
 from ae_dist.dist import DistInfo
 from ae_dist.errors import Diverged
 from ae_dist.models import MLPAutoencoder
+from tests.helpers.commands import REPO, clean_env
+from tests.helpers.idx_files import write_fashion_mnist
 
 CPU_ONLY = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
 
@@ -114,18 +115,13 @@ def test_batches_are_the_images_at_the_sampler_indices(world_size: int) -> None:
 
 
 def test_benchmark_idx_files_read_back_through_torchvision(tmp_path) -> None:
+    """benchmarks/throughput.py writes its data with tests.helpers.idx_files; torchvision reads it as written."""
     from torchvision import datasets
 
-    from benchmarks import throughput
-
-    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix in ("train", "t10k"):
-        throughput.write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        throughput.write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.arange(5, dtype=torch.uint8))
+    write_fashion_mnist(tmp_path, train=5, test=3)
     read = datasets.FashionMNIST(str(tmp_path), train=True, download=False)
-    assert torch.equal(read.data, images) and read.targets.tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(read.data, synthetic_split(5, seed=0).images.squeeze(1)) and read.targets.tolist() == [0, 1, 2, 3, 4]
+    assert len(datasets.FashionMNIST(str(tmp_path), train=False, download=False)) == 3
 
 
 @pytest.mark.slow

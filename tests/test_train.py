@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import torch
-from conftest import PYTHON, REPO, TINY, clean_env, load_weights, run_train
+
+from tests.helpers.commands import PYTHON, REPO, TINY, clean_env, load_weights, run_train
+from tests.helpers.run_files import epoch_records, metrics
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.pt", "recon.png", "latent.png", "loss.png", "checkpoints")
-
-
-def epoch_records(run_dir: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_test_loss_falls_and_train_loss_is_the_epoch_mean(torchrun_digits) -> No
     assert epochs[-1]["test_loss"] < 0.8 * epochs[0]["test_loss"]
     assert sum(b["test_loss"] < a["test_loss"] for a, b in zip(epochs, epochs[1:])) >= 5
     assert all(r["samples_per_s"] > 0 for r in epochs)
-    steps = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    steps = [r for r in metrics(run_dir) if r["kind"] == "train"]
     first_epoch_losses = [r["loss"] for r in steps if r["epoch"] == 1]
     assert min(first_epoch_losses) <= epochs[0]["train_loss"] <= max(first_epoch_losses) + 0.1  # a mean, not the last
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, TINY, clean_env, run_train, train_cmd, wait_for
-from faults_helpers import Job, checkpoint_steps, one_clear_line, report
 from test_launch_slurm import sbatch, states, wait_ended
 from test_run_folder import SLOW_START, handles, same_weights
 
 from ae_dist.dist import free_port
 from ae_dist.errors import EXIT_PREEMPTED, EXIT_USAGE
+from tests.helpers.commands import PYTHON, REPO, TINY, clean_env, hook_env, run_train, train_cmd, wait_for
+from tests.helpers.faults import one_clear_line, report
+from tests.helpers.processes import Job
+from tests.helpers.run_files import checkpoint_steps
 
 # Stop signals before the first step and after the last epoch ------------------------------------
 
@@ -54,12 +56,14 @@ def test_sigusr1_after_the_last_epoch_finishes_the_wrap_up_and_exits_0(tmp_path:
 
 @pytest.mark.slurm
 def test_sbatch_stop_during_start_up_requeues_and_completes(slurm_cluster, tmp_path: Path) -> None:
-    env = clean_env(tmp_path, SLURM_CONF=str(slurm_cluster.slurm_conf), AE_DIST_PYTHON=PYTHON)
+    started = tmp_path / "started"
+    env = hook_env(tmp_path, "announce_start", SLURM_CONF=str(slurm_cluster.slurm_conf), AE_DIST_PYTHON=PYTHON,
+                   STARTED_DIR=str(started))
     run_dir = tmp_path / "run"
     job_id = sbatch(tmp_path, env, *TINY, *SLOW_START, "train.epochs=1", f"run.dir={run_dir}")
     log = tmp_path / f"slurm-{job_id}.out"
-    try:
-        wait_for(lambda: log.exists() and "task hosts" in log.read_text(), 120, "the job to start its tasks")
+    try:  # each task has its handlers once it has announced itself (SLURM signals a task that has not yet, too)
+        wait_for(lambda: started.is_dir() and len(list(started.iterdir())) == 2, 180, "both tasks to start")
         slurm_cluster.run(["scancel", "--signal=USR1", job_id])
         rows = wait_ended(slurm_cluster, job_id)
     finally:

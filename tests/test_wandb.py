@@ -9,22 +9,23 @@ dropped and nothing logged twice (metrics.jsonl too); no secret reaches any file
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import textwrap
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, clean_env, run_train, wait_for
-from interrupted import interrupted_run, kill_job, metrics
-from wandb_offline import merge_runs, read_run, read_runs
 
-from ae_dist import loggers
+from ae_dist import wandb_run
 from ae_dist.config import WandbConfig
+from ae_dist.run_dir import wandb_group, wandb_name
+from tests.helpers.commands import TINY, clean_env, run_train, wait_for
+from tests.helpers.interrupted import interrupted_run
+from tests.helpers.processes import Job
+from tests.helpers.run_files import metrics, run_id
+from tests.helpers.schedule import schedule
+from tests.helpers.wandb_offline import merge_runs, read_run, read_runs
 
 TRAIN_KEYS = {"train/loss", "train/lr", "train/epoch"}
 EPOCH_KEYS = {"epoch/train_loss", "epoch/test_loss", "epoch/samples_per_s", "epoch/lr", "epoch/epoch"}
@@ -32,8 +33,7 @@ FAKE_KEY = "fakekey0123456789abcdef0123456789abcdef01"  # 40 characters, as a re
 FAKE_NETRC_KEY = "netrcsecret9876543210fedcba9876543210fedc"
 
 
-def run_id(run_dir: Path) -> str:
-    return json.loads((run_dir / "run.json").read_text())["wandb_run_id"]
+TINY_STEPS = schedule(TINY)  # 3 epochs of 23 steps, a train record every 5
 
 
 def rows(history: list[dict], keys: set[str]) -> dict[int, dict]:
@@ -54,8 +54,8 @@ def test_offline_run_holds_the_metrics_pictures_and_config(reference_runs):
     records = metrics(run_dir)
     train = rows(run.history, TRAIN_KEYS)
     epochs = rows(run.history, EPOCH_KEYS)
-    assert sorted(train) == [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 69, 5))
-    assert sorted(epochs) == [r["step"] for r in records if r["kind"] == "epoch"] == [23, 46, 69]
+    assert sorted(train) == [r["step"] for r in records if r["kind"] == "train"] == TINY_STEPS.logged()
+    assert sorted(epochs) == [r["step"] for r in records if r["kind"] == "epoch"] == TINY_STEPS.epoch_ends()
     for record in records:  # same values as metrics.jsonl, under "<kind>/<name>"
         row = (train if record["kind"] == "train" else epochs)[record["step"]]
         for name, value in record.items():
@@ -73,7 +73,7 @@ def test_offline_run_holds_the_metrics_pictures_and_config(reference_runs):
     assert run.config == yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
-# 4. across SIGKILLs and reruns (tests/interrupted.py: killed after a checkpoint, mid-epoch,
+# 4. across SIGKILLs and reruns (tests/helpers/interrupted.py: killed after a checkpoint, mid-epoch,
 # and inside a checkpoint write, then run to the end)
 
 
@@ -118,39 +118,29 @@ def test_epoch_train_loss_survives_a_mid_epoch_resume(reference_runs, tmp_path_f
 
 def test_logged_through_reads_what_the_offline_files_hold(reference_runs, tmp_path_factory):
     reference = reference_runs((), 1)
-    assert loggers.offline_logged_through(reference / "wandb", run_id(reference)) == (69, 1)
-    assert loggers.offline_logged_through(reference / "wandb", "otherid0") == (-1, -1)
+    assert wandb_run.offline_logged_through(reference / "wandb", run_id(reference)) == (TINY_STEPS.total, 1)
+    assert wandb_run.offline_logged_through(reference / "wandb", "otherid0") == (-1, -1)
     run = interrupted_run(tmp_path_factory, 1)
-    assert loggers.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (69, 1)
-
-
-LOG_UNTIL_KILLED = textwrap.dedent("""
-    import sys
-    import wandb
-
-    run = wandb.init(project="p", id="killed01", mode="offline", dir=sys.argv[1],
-                     settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True))
-    for step in range(3000):
-        run.log({"train/loss": 1.0 / (step + 1), "train/epoch": 1}, step=step)
-    print("logged", flush=True)
-    sys.stdin.read()  # until the test kills this process and wandb-core
-""")
+    assert wandb_run.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (TINY_STEPS.total, 1)
 
 
 def test_logged_through_stops_where_a_killed_run_file_ends(tmp_path):
     # A file cut where wandb-core had got to when it was killed: some blocks on disk, the rest lost.
-    proc = subprocess.Popen([sys.executable, "-c", LOG_UNTIL_KILLED, str(tmp_path)], env=clean_env(tmp_path),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert "logged\n" in iter(proc.stdout.readline, ""), "the logging process ended early"
-        files = list(tmp_path.glob("wandb/offline-run-*/run-killed01.wandb"))
-        assert len(files) == 1
-        wait_for(lambda: files[0].stat().st_size > 32768, 60, "a first 32 KiB block on disk")
-    finally:
-        kill_job(proc)
+    logger = Job.command([[sys.executable, "-m", "tests.helpers.programs.wandb_log_until_killed", str(tmp_path / "w"),
+                           "killed01", "3000"]], tmp_path)
+
+    def logged() -> bool:
+        logger.check_running()
+        return "logged" in logger.stdout()
+
+    wait_for(logged, 120, "the logging process to log its steps")
+    files = list(tmp_path.glob("w/wandb/offline-run-*/run-killed01.wandb"))
+    assert len(files) == 1
+    wait_for(lambda: files[0].stat().st_size > wandb_run.WANDB_LOG_BLOCK, 60, "a first 32 KiB block on disk")
+    logger.kill()  # the process and wandb-core, at once
     on_disk = read_run(files[0]).steps
     assert 0 < len(on_disk) < 3000 and on_disk == list(range(len(on_disk)))
-    assert loggers.offline_logged_through(tmp_path / "wandb", "killed01") == (on_disk[-1], 0)
+    assert wandb_run.offline_logged_through(tmp_path / "w" / "wandb", "killed01") == (on_disk[-1], 0)
 
 
 # 5. no secret in any file
@@ -194,30 +184,30 @@ def write_netrc(path: Path, host: str = "api.wandb.ai") -> Path:
 
 
 def test_mode_without_credentials_is_offline(no_wandb_env):
-    assert not loggers.has_wandb_credentials()
-    assert loggers.wandb_mode("") == "offline"
+    assert not wandb_run.has_wandb_credentials()
+    assert wandb_run.wandb_mode("") == "offline"
 
 
 def test_mode_with_credentials_is_online(no_wandb_env, tmp_path):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
     no_wandb_env.delenv("WANDB_API_KEY")
     write_netrc(tmp_path / ".netrc")
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
     no_wandb_env.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a key for another host does not count
-    assert loggers.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("") == "offline"
     no_wandb_env.setenv("NETRC", str(write_netrc(tmp_path / "other-netrc", "wandb.example.org")))
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
 
 
 def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
     no_wandb_env.setenv("WANDB_MODE", "offline")  # a node without network: credentials, but offline
-    assert loggers.wandb_mode("") == "offline"
-    assert loggers.wandb_mode("disabled") == "disabled"
+    assert wandb_run.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("disabled") == "disabled"
     no_wandb_env.setenv("WANDB_MODE", "dryrun")
-    assert loggers.wandb_mode("") == "offline"
-    assert loggers.wandb_mode("online") == "online"
+    assert wandb_run.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("online") == "online"
 
 
 @pytest.mark.parametrize(("env", "group", "name"), [
@@ -231,8 +221,13 @@ def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
 def test_run_group_and_name(no_wandb_env, tmp_path, env, group, name):
     for key, value in env.items():
         no_wandb_env.setenv(key, value)
-    assert loggers.run_group_and_name(WandbConfig(), tmp_path / "exp1") == (group, name)
-    assert loggers.run_group_and_name(WandbConfig(group="g", name="n"), tmp_path / "exp1") == ("g", "n")
+    assert group_and_name(WandbConfig(), tmp_path / "exp1") == (group, name)
+    assert group_and_name(WandbConfig(group="g", name="n"), tmp_path / "exp1") == ("g", "n")
+
+
+def group_and_name(cfg: WandbConfig, root: Path) -> tuple[str | None, str]:
+    """The W&B group (None: no group) and run name the trainer gives a run in ``root``."""
+    return wandb_group(cfg.group) or None, wandb_name(cfg.name, root)
 
 
 def test_torchrun_run_is_grouped_by_its_run_id(reference_runs):

@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from wandb_offline import (
+
+from ae_dist.wandb_run import WANDB_LOG_BLOCK
+from tests.helpers.commands import REPO
+from tests.helpers.wandb_offline import (
     find_wandb_files,
     merge_runs,
     read_records,
@@ -24,31 +26,11 @@ from wandb_offline import (
     read_runs,
 )
 
-from ae_dist.wandb_run import WANDB_LOG_BLOCK
-
 RUN_ID = "aetest01"
 FAKE_KEY = "fake-secret-1234567890abcdef1234567890abcdef12345678"
 LONG_TEXT = "0123456789abcdef" * 5000  # 80 KB: the run record spans 3 log blocks
 CONFIG = {"optim": {"lr": 0.01}, "train": {"batch_size": 32}, "long_text": LONG_TEXT}
 
-SESSION = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import wandb
-
-    args = json.loads(sys.argv[1])
-    settings = wandb.Settings(**args["settings"])
-    run = wandb.init(project="ae-test", id=args["id"], group="g1", name="first",
-                     resume="allow", config=args["config"], settings=settings)
-    for step in args["steps"]:
-        run.log({"train/loss": 1.0 / (step + 1), "epoch": step // 2}, step=step)
-        if step == args.get("image_step"):
-            pixels = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-            run.log({"recon": wandb.Image(pixels)}, step=step)
-    run.finish()
-    """
-)
 FAST = {  # no system monitor process, no stdout capture, no environment record
     "x_disable_stats": True,
     "x_disable_meta": True,
@@ -67,9 +49,10 @@ def _session(root: Path, **args: object) -> subprocess.CompletedProcess[str]:
         "WANDB_CONFIG_DIR": str(root / "config"),
         "WANDB_DATA_DIR": str(root / "data"),
         "WANDB_API_KEY": FAKE_KEY,
+        "PYTHONPATH": str(REPO),
     }
     done = subprocess.run(
-        [sys.executable, "-c", SESSION, json.dumps(args)],
+        [sys.executable, "-m", "tests.helpers.programs.wandb_session", json.dumps(args)],
         env=env,
         cwd=root,
         capture_output=True,

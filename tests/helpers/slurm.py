@@ -1,8 +1,8 @@
 """The ``slurm_cluster`` fixture: the local SLURM cluster of ``slurm/cluster.sh``, for real jobs.
 
-Use it from tests/conftest.py (tests/ is on sys.path there)::
+tests/conftest.py makes it available to every test::
 
-    from slurm_fixture import slurm_cluster  # noqa: F401
+    from tests.helpers.slurm import slurm_cluster  # noqa: F401
 
 The fixture starts the cluster unless it is already running, and stops it at the end of the
 session if (and only if) a test session started it. When the cluster cannot run here (not
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.commands import REPO
+
 CLUSTER_SH = REPO / "slurm" / "cluster.sh"
 DEFAULT_STATE_DIR = Path("/tmp/ae-dist-slurm")
 START_TIMEOUT_S = 180

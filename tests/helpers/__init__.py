@@ -1,0 +1,15 @@
+"""What the tests share, one module per concern (imported as ``tests.helpers.<module>``).
+
+    commands     the trainer's command line, a clean child environment, waiting, weights
+    schedule     step counts of a test run, derived from its config
+    processes    `Job`: real trainer (or launcher) processes started, signalled, killed, reaped
+    run_files    what a run folder holds: metrics (the trainer's own reader), checkpoints
+    faults       fault injection: a small disk, a frozen process, one clear error line, the fault table
+    interrupted  runs killed at chosen points and rerun (shared by test_resume and test_wandb)
+    idx_files    FashionMNIST IDX files in torchvision's raw layout (tests and benchmarks)
+    wandb_offline  a reader of W&B's offline .wandb files
+    slurm        the ``slurm_cluster`` fixture (the local SLURM cluster)
+    sshd         a private sshd on 127.0.0.1
+    fixtures     session fixtures: ``reference_runs``
+    hooks/       test-only behaviour, loaded by the trainer from AE_DIST_TEST_HOOK=tests.helpers.hooks.<name>
+"""
