@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+from ae_dist import lease
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UsageError, reporting
 from launch import checks, jobs, plan, profiles, remote, request, shell
 from launch.request import Request
@@ -112,6 +113,8 @@ def run_submit(argv: list[str]) -> int:
         jobs.describe(record, sys.stdout, then=shell.command_line(["python", "-m", "launch",
                                                                    *request.ssh_args(req, args.cluster)]))
         return 0
+    for run in runs:  # a folder that a live run writes is refused here, before anything is submitted
+        lease.check_free(Path(run.run.dir), run.run.lease_stale_s)
     from launch import submit  # submitit and torch: only where a job is submitted
 
     record, submitted = submit.submit(req, runs)

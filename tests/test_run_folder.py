@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -233,3 +234,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     job.signal(signal.SIGINT)  # within the 2 s step: the first has not been acted on yet
     assert job.wait(60) == [EXIT_INTERRUPTED]
     assert "interrupted again: stopping now" in job.output() and "Traceback" not in job.output()
+
+
+def test_the_launcher_refuses_a_folder_that_a_live_run_holds(tmp_path: Path) -> None:
+    from ae_dist.lease import Lease
+
+    run_dir = tmp_path / "run"
+    held = Lease(run_dir, 60)
+    held.take()  # this test process holds it, alive on this host
+    try:
+        result = subprocess.run([sys.executable, "-m", "launch", "--executor", "local", "--config", "digits",
+                                 f"run.dir={run_dir}"], cwd=tmp_path, env=clean_env(tmp_path), capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        held.release()
+    assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
+    assert one_clear_line(result.stderr).startswith(f"error: run.dir is in use by {os.uname().nodename} pid {os.getpid()} ")
+    assert not (tmp_path / "runs").exists() and not (run_dir / "submitit").exists()
