@@ -28,7 +28,7 @@ from tests.helpers.run_files import checkpoint_steps
 
 def test_sigusr1_during_start_up_exits_75_and_the_rerun_trains(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [*TINY, *SLOW_START, f"run.dir={run_dir}", "train.epochs=1"]
+    args = [*TINY, *SLOW_START, f"run.dir={run_dir}", "train.max_steps=20"]
     job = Job.start(args, tmp_path)
     pid = job.procs[0].pid
     wait_for(lambda: handles(pid, signal.SIGUSR1) or job.check_running(), 60, "the stop handlers")
@@ -37,7 +37,7 @@ def test_sigusr1_during_start_up_exits_75_and_the_rerun_trains(tmp_path: Path) -
     assert "stopped by signal 10 during start-up, before the first step: nothing to save" in job.output()
     assert "Traceback" not in job.output() and not checkpoint_steps(run_dir)
     rerun = run_train(args, tmp_path)
-    assert "done:" in rerun.stdout
+    assert "reached train.max_steps=20 at step 20" in rerun.stdout and "done:" in rerun.stdout
     report("SIGUSR1 during start-up", "SIGUSR1 to `python -m ae_dist.train` while it makes its data, before step 1",
            "`stopped by signal 10 during start-up, before the first step: nothing to save; ...`, exit 75 (requeue); the "
            "rerun trained to the end", "none", "none")
@@ -60,7 +60,7 @@ def test_sbatch_stop_during_start_up_requeues_and_completes(slurm_cluster, tmp_p
     env = hook_env(tmp_path, "announce_start", SLURM_CONF=str(slurm_cluster.slurm_conf), AE_DIST_PYTHON=PYTHON,
                    STARTED_DIR=str(started))
     run_dir = tmp_path / "run"
-    job_id = sbatch(tmp_path, env, *TINY, *SLOW_START, "train.epochs=1", f"run.dir={run_dir}")
+    job_id = sbatch(tmp_path, env, *TINY, *SLOW_START, "train.max_steps=20", f"run.dir={run_dir}")
     log = tmp_path / f"slurm-{job_id}.out"
     try:  # each task has its handlers once it has announced itself (SLURM signals a task that has not yet, too)
         wait_for(lambda: started.is_dir() and len(list(started.iterdir())) == 2, 180, "both tasks to start")
