@@ -278,6 +278,9 @@ def test_huge_learning_rate_stops_naming_the_step_and_keeps_the_last_good_checkp
            f"is step {bad - 1}, every tensor finite", "0 steps (the run cannot go on)", "none")
 
 
+POISONED = 15  # the step whose batch holds a NaN pixel (epoch 1, after checkpoint 10)
+
+
 def poisoned_run(tmp_path: Path, policy: str, step: int) -> tuple[Job, Path]:
     run_dir = tmp_path / "run"
     args = [*TINY, f"run.dir={run_dir}", f"train.nan_policy={policy}", "wandb.mode=disabled"]
@@ -287,27 +290,29 @@ def poisoned_run(tmp_path: Path, policy: str, step: int) -> tuple[Job, Path]:
 
 
 def test_poisoned_batch_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    job, run_dir = poisoned_run(tmp_path, "stop", 15)
+    job, run_dir = poisoned_run(tmp_path, "stop", POISONED)
     assert job.exit_codes == [1], job.output()[-3000:]
     line = one_clear_line(job.output())
-    assert "loss is NaN or Inf at step 15 (train.nan_policy=stop)" in line
-    assert checkpoint_steps(run_dir) == [10]
-    finite_checkpoint(checkpoint(run_dir, 10))
-    assert max(logged_steps(run_dir)) < 15  # nothing logged past the bad step
-    report("NaN loss (poisoned batch)", "a NaN pixel in the batch of step 15", f"{shown(line, run_dir, 70)} exit 1; newest "
-           "checkpoint is step 10, every tensor finite", "5 steps (11-15) if rerun with the batch fixed", "none")
+    assert f"loss is NaN or Inf at step {POISONED} (train.nan_policy=stop)" in line
+    good = [step for step in TINY_STEPS.checkpoints() if step < POISONED]  # [10]
+    assert checkpoint_steps(run_dir) == good
+    finite_checkpoint(checkpoint(run_dir, good[-1]))
+    assert max(logged_steps(run_dir)) < POISONED  # nothing logged past the bad step
+    report("NaN loss (poisoned batch)", f"a NaN pixel in the batch of step {POISONED}", f"{shown(line, run_dir, 70)} exit 1; "
+           f"newest checkpoint is step {good[-1]}, every tensor finite",
+           f"{POISONED - good[-1]} steps ({good[-1] + 1}-{POISONED}) if rerun with the batch fixed", "none")
 
 
 def test_poisoned_batch_with_nan_policy_skip_drops_the_step_and_counts_it(tmp_path: Path) -> None:
-    job, run_dir = poisoned_run(tmp_path, "skip", 15)
+    job, run_dir = poisoned_run(tmp_path, "skip", POISONED)
     assert job.exit_codes == [0], job.output()[-3000:]
     epochs = [r for r in metrics(run_dir) if r["kind"] == "epoch"]
     assert [r["skipped_steps"] for r in epochs] == [1] * TINY_STEPS.epochs
     weights = load_weights(run_dir / "model.pt")
     assert all(t.isfinite().all() for t in weights.values())
     assert finite_checkpoint(checkpoint(run_dir, TINY_STEPS.total))["skipped_steps"] == 1
-    report("NaN loss, nan_policy=skip", "a NaN pixel in the batch of step 15, train.nan_policy=skip",
-           "step 15 skipped (no update), `skipped_steps: 1` in metrics.jsonl and the checkpoints; run completed, "
+    report("NaN loss, nan_policy=skip", f"a NaN pixel in the batch of step {POISONED}, train.nan_policy=skip",
+           f"step {POISONED} skipped (no update), `skipped_steps: 1` in metrics.jsonl and the checkpoints; run completed, "
            "weights finite", "1 step (the poisoned one)", "none")
 
 

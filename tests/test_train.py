@@ -11,15 +11,18 @@ import torch
 
 from tests.helpers.commands import PYTHON, REPO, TINY, clean_env, load_weights, run_train
 from tests.helpers.run_files import epoch_records, metrics
+from tests.helpers.schedule import schedule
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.pt", "recon.png", "latent.png", "loss.png", "checkpoints")
+
+
+DIGITS_8 = ["--config", str(REPO / "configs/digits.yaml"), "train.epochs=8"]
 
 
 @pytest.fixture(scope="module")
 def torchrun_digits(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("torchrun")
-    result = run_train(["--config", str(REPO / "configs/digits.yaml"), f"run.dir={tmp / 'run'}", "train.epochs=8"],
-                       tmp, nproc=2)
+    result = run_train([*DIGITS_8, f"run.dir={tmp / 'run'}"], tmp, nproc=2)
     return tmp / "run", result
 
 
@@ -28,6 +31,8 @@ def test_torchrun_run_folder_is_complete(torchrun_digits) -> None:
     for name in RUN_FILES:
         assert (run_dir / name).exists(), name
     assert result.stdout.count("epoch 8/8") == 1  # rank 0 alone prints
+    s = schedule(DIGITS_8)  # the tests' step counts are the trainer's own
+    assert f"global batch 64 = 2 rank(s) x 32; {s.steps_per_epoch} steps per epoch, {s.epochs} epochs" in result.stdout
     weights = load_weights(run_dir / "model.pt")
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in weights)
     assert sum(t.numel() for t in weights.values()) == 219_891
