@@ -13,11 +13,12 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from ae_dist.errors import UsageError
+from ae_dist.run_dir import template_problems
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # experiments; cluster profiles in clusters/
 DEFAULT_CONFIG = PACKAGED_CONFIGS / "default.yaml"
@@ -101,6 +102,14 @@ class WandbConfig:
     group: str = _field("", "W&B group; empty = SLURM job id or torchrun run id when present")
     name: str = _field("", "W&B run name; empty = run folder name (+ job id)")
     images_every_epochs: int = _field(1, "epochs between reconstruction/latent images in W&B; 0 = never")
+    tags: tuple[str, ...] = _field((), "W&B run tags, comma-separated (e.g. wandb.tags=baseline,digits)")
+    notes: str = _field("", "W&B run notes: a sentence on what this run tries")
+    job_type: str = _field("train", "W&B job type (train, sweep, eval, ...)")
+    system_metrics: bool = _field(True, "W&B's own system monitor (CPU, memory, disk, network; GPU where one exists) "
+                                        "on rank 0's node")
+    log_checkpoints: Literal["off", "reference", "upload"] = _field(
+        "reference", "checkpoints in W&B: off | reference (an artifact pointing at the file, nothing uploaded) | "
+                     "upload (a copy of each checkpoint)")
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ CHOICES = {
     "optim.impl": ("auto", "fused", "foreach", "loop"),
     "run.progress": ("auto", "bar", "lines", "off"),
     "wandb.mode": ("", "online", "offline", "disabled"),
+    "wandb.log_checkpoints": ("off", "reference", "upload"),
 }
 AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every",
               "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
@@ -153,6 +163,8 @@ def leaf_fields() -> dict[str, tuple[type, dataclasses.Field]]:
 
 def _convert(key: str, value: Any, kind: Any) -> Any:
     """Convert a YAML or command-line value to the declared type, or raise ValueError."""
+    if get_origin(kind) is Literal:  # a choice: a string, checked against CHOICES by validate()
+        kind = str
     if get_origin(kind) is tuple:
         items = value
         if isinstance(value, str):
@@ -297,6 +309,10 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
         key = "model.hidden" if flat["model.name"] == "mlp" else "model.channels"
         problems.append((f"model too large ({_parameter_count(flat):.2g} weights)", key,
                          f"keep it under {MAX_PARAMETERS:.2g} weights"))
+    for tag in flat["wandb.tags"]:
+        if not 1 <= len(tag) <= 64:
+            problems.append((f"invalid tag {tag[:80]!r}", "wandb.tags", "use tags of 1 to 64 characters"))
+    problems += template_problems(flat["run.dir"])  # run.dir may name {wandb_run_id}, {date}, {time}
     if not flat["run.dir"].strip():
         problems.append(("empty run folder", "run.dir", "give a folder path"))
     for key in ("run.dir", "data.root"):
@@ -359,7 +375,7 @@ def help_text() -> str:
     for key, (kind, f) in leaf_fields().items():
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else repr(default)
-        type_name = "list" if get_origin(kind) is tuple else kind.__name__
+        type_name = {tuple: "list", Literal: "str"}.get(get_origin(kind)) or kind.__name__
         lines.append(f"  {key:<28} {type_name:<5} default {shown:<16} {f.metadata['help']}")
     return "\n".join(lines)
 
