@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ae_dist import data, engine, plots
+from ae_dist import data, engine, plots, ranks
 from ae_dist.build import Training, build, wrap
 from ae_dist.checkpoint import write_atomic
 from ae_dist.config import Config, check_world_size, help_text, load_config, to_dict
@@ -38,7 +38,8 @@ from ae_dist.errors import EXIT_PREEMPTED, AeDistError, as_error, reporting
 from ae_dist.metrics import read_metrics
 from ae_dist.monitor import Monitor, NullMonitor
 from ae_dist.preemption import StopSignals
-from ae_dist.run_dir import wandb_run_id
+from ae_dist.run_dir import agree_run_dir, wandb_run_id
+from ae_dist.wandb_run import check_credentials
 
 PICTURE_COUNT = 10
 TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
@@ -60,9 +61,11 @@ def run(config: Config) -> RunResult:
     """
     world_size = int(read_env().get("WORLD_SIZE", "1"))
     check_world_size(config, world_size)  # before any rank waits for the others
+    check_credentials(config.wandb)  # wandb.mode=online without credentials: exit 2 before any work
     torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
     try:
         with distributed(config.train.device, config.dist.timeout_s) as info:
+            config = agree_run_dir(config, info)  # a run.dir template ({wandb_run_id}, {date}, {time}) made concrete
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
@@ -88,7 +91,8 @@ def fit(t: Training) -> RunResult:
     t.say(f"global batch {cfg.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}; "
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
     optimizer_step = engine.FusedAdamStep(t.optimizer)
-    monitor = open_monitor(t)
+    rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
+    monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
     try:
@@ -110,11 +114,13 @@ def fit(t: Training) -> RunResult:
                         window.check(info)
                         monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
                                      "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
+                        monitor.log_ranks(rank_clock.gather(state.step))
                     progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                     stopped_by = stop.should_stop(state.step)
                     if t.checkpointer.due(state.step) or stopped_by:
                         window.fold(state, info)
                         t.checkpointer.save(t.model, t.optimizer, state)
+                    rank_clock.step_done(state.batch)
                     if stopped_by:
                         t.say(f"stopped by signal {stopped_by} at step {state.step}; checkpoint written, "
                               "run the same command to continue")
@@ -122,21 +128,23 @@ def fit(t: Training) -> RunResult:
                 window.fold(state, info)
                 elapsed = time.perf_counter() - started
                 end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
+        progress.close()
+        if info.is_main:
+            finish(t)
+            monitor.log_model(t.run_dir.model, state.step, state.epoch)
     finally:
         progress.close()
         monitor.close()
-    if info.is_main:
-        finish(t)
     barrier(info)
     return RunResult("completed", t.run_dir.root, state.step)
 
 
-def open_monitor(t: Training) -> Monitor | NullMonitor:
+def open_monitor(t: Training, hosts: list[str]) -> Monitor | NullMonitor:
     if not t.info.is_main:
         return NullMonitor()
     if not t.state.wandb_run_id:
         t.state.wandb_run_id = wandb_run_id(t.run_dir.root)
-    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs)
+    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs, hosts)
 
 
 def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float) -> None:
