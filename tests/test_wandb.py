@@ -23,8 +23,9 @@ from conftest import TINY, clean_env, run_train, wait_for
 from interrupted import interrupted_run, kill_job, metrics
 from wandb_offline import merge_runs, read_run, read_runs
 
-from ae_dist import loggers
+from ae_dist import wandb_run
 from ae_dist.config import WandbConfig
+from ae_dist.run_dir import wandb_group, wandb_name
 
 TRAIN_KEYS = {"train/loss", "train/lr", "train/epoch"}
 EPOCH_KEYS = {"epoch/train_loss", "epoch/test_loss", "epoch/samples_per_s", "epoch/lr", "epoch/epoch"}
@@ -70,7 +71,7 @@ def test_offline_run_holds_the_metrics_pictures_and_config(reference_runs):
             image = row[key]
             assert image["_type"] == "image-file" and image["path"] in run.files, (step, key)
             assert (run.path.parent / "files" / image["path"]).stat().st_size > 1000
-    assert run.config == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert {k: v for k, v in run.config.items() if k != "job"} == yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 # 4. across SIGKILLs and reruns (tests/interrupted.py: killed after a checkpoint, mid-epoch,
@@ -95,7 +96,7 @@ def test_killed_and_rerun_logs_one_run_with_every_step_once(nproc, reference_run
     for keys in (TRAIN_KEYS, EPOCH_KEYS):  # nothing dropped
         assert sorted(rows(merged.history, keys)) == sorted(rows(reference.history, keys))
     assert sorted(merged.images) == ["latent", "recon"]
-    assert merged.config == yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert {k: v for k, v in merged.config.items() if k != "job"} == yaml.safe_load((run.run_dir / "config.yaml").read_text())
     # The records a killed launch never got into its file were logged by the next one.
     assert any("records again" in leg.stderr for leg in run.legs[1:]), [leg.stderr[-500:] for leg in run.legs]
     for leg in run.legs:
@@ -118,10 +119,10 @@ def test_epoch_train_loss_survives_a_mid_epoch_resume(reference_runs, tmp_path_f
 
 def test_logged_through_reads_what_the_offline_files_hold(reference_runs, tmp_path_factory):
     reference = reference_runs((), 1)
-    assert loggers.offline_logged_through(reference / "wandb", run_id(reference)) == (69, 1)
-    assert loggers.offline_logged_through(reference / "wandb", "otherid0") == (-1, -1)
+    assert wandb_run.offline_logged_through(reference / "wandb", run_id(reference)) == (69, 1)
+    assert wandb_run.offline_logged_through(reference / "wandb", "otherid0") == (-1, -1)
     run = interrupted_run(tmp_path_factory, 1)
-    assert loggers.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (69, 1)
+    assert wandb_run.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (69, 1)
 
 
 LOG_UNTIL_KILLED = textwrap.dedent("""
@@ -150,7 +151,7 @@ def test_logged_through_stops_where_a_killed_run_file_ends(tmp_path):
         kill_job(proc)
     on_disk = read_run(files[0]).steps
     assert 0 < len(on_disk) < 3000 and on_disk == list(range(len(on_disk)))
-    assert loggers.offline_logged_through(tmp_path / "wandb", "killed01") == (on_disk[-1], 0)
+    assert wandb_run.offline_logged_through(tmp_path / "wandb", "killed01") == (on_disk[-1], 0)
 
 
 # 5. no secret in any file
@@ -194,30 +195,30 @@ def write_netrc(path: Path, host: str = "api.wandb.ai") -> Path:
 
 
 def test_mode_without_credentials_is_offline(no_wandb_env):
-    assert not loggers.has_wandb_credentials()
-    assert loggers.wandb_mode("") == "offline"
+    assert not wandb_run.has_wandb_credentials()
+    assert wandb_run.wandb_mode("") == "offline"
 
 
 def test_mode_with_credentials_is_online(no_wandb_env, tmp_path):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
     no_wandb_env.delenv("WANDB_API_KEY")
     write_netrc(tmp_path / ".netrc")
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
     no_wandb_env.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a key for another host does not count
-    assert loggers.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("") == "offline"
     no_wandb_env.setenv("NETRC", str(write_netrc(tmp_path / "other-netrc", "wandb.example.org")))
-    assert loggers.wandb_mode("") == "online"
+    assert wandb_run.wandb_mode("") == "online"
 
 
 def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
     no_wandb_env.setenv("WANDB_MODE", "offline")  # a node without network: credentials, but offline
-    assert loggers.wandb_mode("") == "offline"
-    assert loggers.wandb_mode("disabled") == "disabled"
+    assert wandb_run.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("disabled") == "disabled"
     no_wandb_env.setenv("WANDB_MODE", "dryrun")
-    assert loggers.wandb_mode("") == "offline"
-    assert loggers.wandb_mode("online") == "online"
+    assert wandb_run.wandb_mode("") == "offline"
+    assert wandb_run.wandb_mode("online") == "online"
 
 
 @pytest.mark.parametrize(("env", "group", "name"), [
@@ -231,8 +232,9 @@ def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
 def test_run_group_and_name(no_wandb_env, tmp_path, env, group, name):
     for key, value in env.items():
         no_wandb_env.setenv(key, value)
-    assert loggers.run_group_and_name(WandbConfig(), tmp_path / "exp1") == (group, name)
-    assert loggers.run_group_and_name(WandbConfig(group="g", name="n"), tmp_path / "exp1") == ("g", "n")
+    cfg = WandbConfig()
+    assert (wandb_group(cfg.group) or None, wandb_name(cfg.name, tmp_path / "exp1")) == (group, name)
+    assert (wandb_group("g"), wandb_name("n", tmp_path / "exp1")) == ("g", "n")
 
 
 def test_torchrun_run_is_grouped_by_its_run_id(reference_runs):
