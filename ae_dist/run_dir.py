@@ -186,6 +186,8 @@ def resolve_template(template: str, key: str = "", now: datetime.datetime | None
     """
     if not template_fields(template):
         return template
+    if not key:
+        return _make(template, now)
     fixed = template[:template.index("{")]
     parent = Path(fixed.rsplit("/", 1)[0] if "/" in fixed else ".")
     parent.mkdir(parents=True, exist_ok=True)
@@ -197,16 +199,20 @@ def resolve_template(template: str, key: str = "", now: datetime.datetime | None
                 known = json.loads(line)
             except ValueError:
                 continue  # a line torn by a kill
-            if key and known.get("key") == key and known.get("template") == template:
+            if known.get("key") == key and known.get("template") == template:
                 return known["dir"]
-        now = now or datetime.datetime.now()
-        run_id = new_wandb_run_id()
-        name = template.format(wandb_run_id=run_id, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"))
-        folder = _new_folder(name)
-        write_run_info(Path(folder), wandb_run_id=run_id, run_dir_template=template)
-        if key:
-            record.write(json.dumps({"key": key, "template": template, "dir": folder}) + "\n")
-            record.flush()
+        folder = _make(template, now)
+        record.write(json.dumps({"key": key, "template": template, "dir": folder}) + "\n")
+        record.flush()
+    return folder
+
+
+def _make(template: str, now: datetime.datetime | None) -> str:
+    """The template filled with a new W&B run id and ``now``; the folder created, its run.json written."""
+    now = now or datetime.datetime.now()
+    run_id = new_wandb_run_id()
+    folder = _new_folder(template.format(wandb_run_id=run_id, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S")))
+    write_run_info(Path(folder), wandb_run_id=run_id, run_dir_template=template)
     return folder
 
 

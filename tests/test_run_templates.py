@@ -41,7 +41,7 @@ def test_fields_are_filled_once_per_key(tmp_path, monkeypatch):
     assert resolve_template("runs/{date}", "", now) == "runs/2026-03-04"
     assert resolve_template("runs/{date}", "", now) == "runs/2026-03-04-2"  # no key: a new folder each time
     assert resolve_template("runs/plain", "slurm-77") == "runs/plain"
-    assert len((tmp_path / "runs" / RESOLVED).read_text().splitlines()) == 2  # one line per keyed resolution
+    assert len((tmp_path / "runs" / RESOLVED).read_text().splitlines()) == 2  # one line per keyed resolution, none without
 
 
 def test_concurrent_launches_get_one_folder_each(tmp_path, monkeypatch):
