@@ -22,6 +22,7 @@ import yaml
 from ae_dist.config_file import DEFAULT_CONFIG, PACKAGED_CONFIGS, find_config, flatten, read_config_file, read_yaml
 from ae_dist.config_types import choices, convert, shown, type_word
 from ae_dist.errors import UsageError
+from ae_dist.run_dir import template_problems
 
 
 def _field(default: Any, help: str) -> Any:
@@ -111,6 +112,14 @@ class WandbConfig:
     group: str = _field("", "W&B group; empty = SLURM job id or torchrun run id when present")
     name: str = _field("", "W&B run name; empty = run folder name (+ job id)")
     images_every_epochs: int = _field(1, "epochs between reconstruction/latent images in W&B; 0 = never")
+    tags: tuple[str, ...] = _field((), "W&B run tags, comma-separated (e.g. wandb.tags=baseline,digits)")
+    notes: str = _field("", "W&B run notes: a sentence on what this run tries")
+    job_type: str = _field("train", "W&B job type (train, sweep, eval, ...)")
+    system_metrics: bool = _field(True, "W&B's own system monitor (CPU, memory, disk, network; GPU where one exists) "
+                                        "on rank 0's node")
+    log_checkpoints: Literal["off", "reference", "upload"] = _field(
+        "reference", "checkpoints in W&B: off | reference (an artifact pointing at the file, nothing uploaded) | "
+                     "upload (a copy of each checkpoint)")
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,10 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
         key = "model.hidden" if flat["model.name"] == "mlp" else "model.channels"
         problems.append((f"model too large ({_parameter_count(flat):.2g} weights)", key,
                          f"keep it under {MAX_PARAMETERS:.2g} weights"))
+    for tag in flat["wandb.tags"]:
+        if not 1 <= len(tag) <= 64:
+            problems.append((f"invalid tag {tag[:80]!r}", "wandb.tags", "use tags of 1 to 64 characters"))
+    problems += template_problems(flat["run.dir"])  # run.dir may name {wandb_run_id}, {date}, {time}
     if not flat["run.dir"].strip():
         problems.append(("empty run folder", "run.dir", "give a folder path"))
     for key in ("run.dir", "data.root"):

@@ -1,37 +1,91 @@
 """Rank 0's output in one object: each new record to metrics.jsonl first, then W&B, and the console.
 
 Other ranks get `NullMonitor`, whose methods do nothing, so the loop never asks who it is.
+Besides the records, W&B gets the per-rank step times (`ae_dist.ranks`), an alert per
+straggler, the best and final test loss in the summary, each new checkpoint
+(``wandb.log_checkpoints``) and the final model.pt as a ``model`` artifact.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from ae_dist import console
+from ae_dist.checkpoint import NAME as CHECKPOINT_NAME
+from ae_dist.checkpoint import list_checkpoints
 from ae_dist.config import WandbConfig
 from ae_dist.metrics import MetricsFile, read_metrics
+from ae_dist.ranks import RankTimes, Stragglers
 from ae_dist.run_dir import RunDir
-from ae_dist.wandb_run import WandbRun, wandb_mode
+from ae_dist.wandb_run import WandbRun, file_digest, job_facts, wandb_mode
 
 
 class Monitor:
     """Rank 0: writes each new record to metrics.jsonl, W&B and the console."""
 
-    def __init__(self, run_dir: RunDir, wandb_cfg: WandbConfig, run_id: str, config: dict[str, Any], epochs: int):
+    def __init__(self, run_dir: RunDir, wandb_cfg: WandbConfig, run_id: str, config: dict[str, Any], epochs: int,
+                 hosts: list[str]):
+        self.run_dir, self.cfg = run_dir, wandb_cfg
         self.metrics = MetricsFile(run_dir.metrics)
         self.epochs = epochs
+        self.stragglers = Stragglers()
+        earlier = read_metrics(self.metrics.path)
+        test_losses = [r["test_loss"] for r in earlier if r["kind"] == "epoch" and math.isfinite(r["test_loss"])]
+        self.best_test_loss = min(test_losses, default=math.inf)
+        self.final_test_loss = test_losses[-1] if test_losses else math.nan
+        self.checkpoint_logged = newest_checkpoint_step(run_dir)  # earlier launches logged theirs
         mode = wandb_mode(wandb_cfg.mode)
-        self.wandb = WandbRun(wandb_cfg, mode, run_dir, run_id, config) if mode != "disabled" else None
-        if self.wandb is not None:
-            self.wandb.log_missing(read_metrics(self.metrics.path))
+        self.wandb = None
+        if mode != "disabled":
+            self.wandb = WandbRun(wandb_cfg, mode, run_dir, run_id, config | {"job": job_facts(hosts)})
+            self.wandb.log_missing(earlier)
 
     def log(self, record: dict[str, Any], images: dict[str, Path] | None = None) -> None:
         if not self.metrics.is_new(record):
             return
         self.metrics.write(record)  # first: W&B then never holds a record that metrics.jsonl lacks
+        if self.wandb is None:
+            return
+        self.wandb.log(record, images or {})
+        if record["kind"] == "epoch" and math.isfinite(record["test_loss"]):
+            self.best_test_loss = min(self.best_test_loss, record["test_loss"])
+            self.final_test_loss = record["test_loss"]
+            self.wandb.summarize({"best_test_loss": self.best_test_loss, "final_test_loss": self.final_test_loss})
+        self.log_checkpoints()
+
+    def log_ranks(self, times: RankTimes | None) -> None:
+        """The per-rank step times of one window; a `straggler:` line and a W&B alert for a rank that stays slow."""
+        if times is None:
+            return
         if self.wandb is not None:
-            self.wandb.log(record, images or {})
+            self.wandb.log_values(times.record(), times.step)
+        for line in self.stragglers.update(times):
+            print(line, flush=True)
+            if self.wandb is not None:
+                self.wandb.alert("straggler", line)
+
+    def log_checkpoints(self) -> None:
+        """The newest checkpoint, when it is newer than the last one logged (``wandb.log_checkpoints``)."""
+        if self.wandb is None or self.cfg.log_checkpoints == "off":
+            return
+        found = list_checkpoints(self.run_dir.checkpoints)
+        step = checkpoint_step(found[-1]) if found else -1
+        if step > self.checkpoint_logged:
+            self.checkpoint_logged = step
+            self.wandb.log_file(found[-1], "checkpoint", ["latest", f"step-{step}"], {"step": step},
+                                upload=self.cfg.log_checkpoints == "upload")
+
+    def log_model(self, path: Path, step: int, epoch: int) -> None:
+        """The final weights as this run's ``model`` artifact (aliases latest, final)."""
+        if self.wandb is None:
+            return
+        self.wandb.log_file(path, "model", ["latest", "final"],
+                            {"step": step, "epoch": epoch,
+                             "test_loss": self.final_test_loss if math.isfinite(self.final_test_loss) else None,
+                             "config_sha256": file_digest(self.run_dir.config) if self.run_dir.config.exists() else ""},
+                            upload=True)
 
     def epoch_line(self, record: dict[str, Any]) -> None:
         console.write(console.epoch_line(record, self.epochs))  # above the progress bar while one is shown
@@ -42,13 +96,25 @@ class Monitor:
     def close(self) -> None:
         self.metrics.close()
         if self.wandb is not None:
+            self.log_checkpoints()  # the one written after the last record
             self.wandb.close()
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT_NAME.match(path.name)[1])
+
+
+def newest_checkpoint_step(run_dir: RunDir) -> int:
+    found = list_checkpoints(run_dir.checkpoints)
+    return checkpoint_step(found[-1]) if found else -1
 
 
 class NullMonitor:
     """What ranks other than 0 get: every method does nothing."""
 
     def log(self, record: dict[str, Any], images: dict[str, Path] | None = None) -> None: ...
+    def log_ranks(self, times: RankTimes | None) -> None: ...
+    def log_model(self, path: Path, step: int, epoch: int) -> None: ...
     def epoch_line(self, record: dict[str, Any]) -> None: ...
     def message(self, line: str) -> None: ...
     def close(self) -> None: ...

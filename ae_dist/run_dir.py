@@ -7,14 +7,22 @@ launcher prints the id and group that the trainer will use because both ask the 
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import fcntl
 import json
 import os
 import secrets
 import shlex
+import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ae_dist.config import Config
+    from ae_dist.dist import DistInfo
 
 RUN_INFO = "run.json"
 
@@ -86,9 +94,17 @@ def wandb_run_id(root: Path, create: bool = True) -> str:
     if known or not create:
         return known
     Path(root).mkdir(parents=True, exist_ok=True)
-    run_id = secrets.token_hex(4)
+    run_id = new_wandb_run_id()
     write_run_info(root, wandb_run_id=run_id)
     return run_id
+
+
+def new_wandb_run_id(env: dict[str, str] | None = None) -> str:
+    """A fresh W&B run id; under `wandb agent` (a sweep), the id the agent gave this run."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_SWEEP_ID") and env.get("WANDB_RUN_ID"):
+        return env["WANDB_RUN_ID"]
+    return secrets.token_hex(4)
 
 
 def wandb_group(configured: str, env: dict[str, str] | None = None) -> str:
@@ -124,3 +140,129 @@ def launch_command() -> str:
         except OSError:
             pass
     return shlex.join(argv)
+
+
+# ------------------------------------------------------------------------------------------- run.dir templates
+
+TEMPLATE_FIELDS = ("wandb_run_id", "date", "time")
+RESOLVED = ".run-dirs.jsonl"  # beside the folders a template makes: one line per (template, launch) resolved
+
+
+def template_fields(template: str) -> list[str]:
+    """The fields a run.dir names (none: not a template); ValueError for a field that is not one of TEMPLATE_FIELDS."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"a stray brace ({err})") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(f"unknown field {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}")
+        names.append(name)
+    return names
+
+
+def template_problems(template: str) -> list[tuple[str, str, str]]:
+    """Config validation of run.dir: its template fields, as (what, where, fix) problems."""
+    try:
+        template_fields(template)
+    except ValueError as err:
+        return [(f"run.dir template has {err}", "run.dir",
+                 "use {wandb_run_id}, {date} or {time}")]
+    return []
+
+
+def launch_key(env: dict[str, str] | None = None) -> str:
+    """What stays the same when the same launch runs again: a W&B sweep run, a SLURM job (requeued), a torchrun run."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_SWEEP_ID") and env.get("WANDB_RUN_ID"):
+        return f"wandb-{env['WANDB_RUN_ID']}"
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return ""
+
+
+def resolve_template(template: str, key: str = "", now: datetime.datetime | None = None) -> str:
+    """The folder a run.dir template names, made once; the same ``key`` (`launch_key`) finds it again.
+
+        resolve_template("runs/sweep/{wandb_run_id}")            # runs/sweep/3f9a0c1e, a new folder each call
+        resolve_template("runs/{date}/{time}", "slurm-4242")     # the same folder for every run of job 4242
+
+    Fields: ``{wandb_run_id}`` (a new W&B run id, stored in the folder's run.json so that W&B and
+    the folder agree), ``{date}`` (2026-11-29) and ``{time}`` (153012), local time. The folder is
+    created here; a name that exists already gets ``-2``, ``-3``, ... With a key, the pair is
+    recorded in ``.run-dirs.jsonl`` in the template's fixed parent folder, under an exclusive
+    lock, so a requeued sbatch job (same SLURM job id), a restarted torchrun (same run id) or a
+    sweep run W&B starts again lands in the same folder. A plain path is returned as it is.
+    """
+    if not template_fields(template):
+        return template
+    if not key:
+        return _make(template, now)
+    fixed = template[:template.index("{")]
+    parent = Path(fixed.rsplit("/", 1)[0] if "/" in fixed else ".")
+    parent.mkdir(parents=True, exist_ok=True)
+    with open(parent / RESOLVED, "a+", encoding="utf-8") as record:
+        fcntl.flock(record, fcntl.LOCK_EX)  # released when the file closes
+        record.seek(0)
+        for line in record.read().splitlines():
+            try:
+                known = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if known.get("key") == key and known.get("template") == template:
+                return known["dir"]
+        folder = _make(template, now)
+        record.write(json.dumps({"key": key, "template": template, "dir": folder}) + "\n")
+        record.flush()
+    return folder
+
+
+def _make(template: str, now: datetime.datetime | None) -> str:
+    """The template filled with a new W&B run id and ``now``; the folder created, its run.json written."""
+    now = now or datetime.datetime.now()
+    run_id = new_wandb_run_id()
+    folder = _new_folder(template.format(wandb_run_id=run_id, date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S")))
+    write_run_info(Path(folder), wandb_run_id=run_id, run_dir_template=template)
+    return folder
+
+
+def _new_folder(name: str) -> str:
+    for attempt in range(1, 1000):
+        folder = name if attempt == 1 else f"{name}-{attempt}"
+        try:
+            Path(folder).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(name)
+
+
+def agree_run_dir(config: Config, info: DistInfo) -> Config:
+    """``config`` with its run.dir template resolved by rank 0 (`resolve_template`) and sent to every rank."""
+    if not template_fields(config.run.dir):
+        return config
+    import torch.distributed as dist
+
+    from ae_dist.errors import UsageError
+
+    resolved = [""]
+    if info.is_main:
+        try:
+            resolved[0] = resolve_template(config.run.dir, launch_key())
+        except OSError as err:
+            resolved[0] = f"\0{err.strerror or err}"
+    if info.distributed:
+        dist.broadcast_object_list(resolved, src=0)
+    if resolved[0].startswith("\0"):
+        raise UsageError(f"cannot create the run folder ({resolved[0][1:]})", "run.dir", "choose a writable folder")
+    if info.is_main:
+        print(f"run folder: {resolved[0]} (run.dir template {config.run.dir}; rerun with run.dir={resolved[0]} "
+              "to resume it)", flush=True)
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, dir=resolved[0]))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ae_dist import data, engine, plots
+from ae_dist import data, engine, plots, ranks
 from ae_dist.build import Training, build, check_split_sizes, is_complete, load_data, wrap
 from ae_dist.checkpoint import write_atomic
 from ae_dist.config import Config, check_world_size, to_dict
@@ -28,7 +28,8 @@ from ae_dist.metrics import read_metrics
 from ae_dist.models import build_model
 from ae_dist.monitor import Monitor, NullMonitor
 from ae_dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
-from ae_dist.run_dir import wandb_run_id
+from ae_dist.run_dir import agree_run_dir, wandb_run_id
+from ae_dist.wandb_run import check_credentials
 
 PICTURE_COUNT = 10
 TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
@@ -54,11 +55,13 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
         importlib.import_module(os.environ[TEST_HOOK])
     env = read_env()
     check_world_size(config, int(env.get("WORLD_SIZE", "1")))  # before any rank waits for the others
+    check_credentials(config.wandb)  # wandb.mode=online without credentials: exit 2 before any work
     die_with_launcher(env)
     torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
     training = None
     try:
         with distributed(config.train.device, config.dist.timeout_s) as info:
+            config = agree_run_dir(config, info)  # a run.dir template ({wandb_run_id}, {date}, {time}) made concrete
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
@@ -89,7 +92,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     t.say(f"global batch {cfg.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}; "
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
     optimizer_step = engine.FusedAdamStep(t.optimizer)
-    monitor = open_monitor(t)
+    rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
+    monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
     try:
@@ -111,12 +115,14 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     window.check(info)
                     monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
                                  "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
+                    monitor.log_ranks(rank_clock.gather(state.step))
                 progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                 stopped_by = stop.should_stop(state.step, info)
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
                 if t.checkpointer.due(state.step) or stopped_by or at_max:
                     window.fold(state, info)
                     t.checkpointer.save(t.model, t.optimizer, state)
+                rank_clock.step_done(state.batch)
                 if stopped_by:
                     t.say(stopped_line(stopped_by, state.step))
                     return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
@@ -129,22 +135,25 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
             window.fold(state, info)
             elapsed = time.perf_counter() - started
             end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
+        stop.phase = FINISHING  # from here a stop signal changes nothing: the wrap-up finishes, exit 0
+        progress.close()
+        if info.is_main:
+            finish(t)
+            monitor.log_model(t.run_dir.model, state.step, state.epoch)  # before W&B closes
     finally:
         stop.phase = FINISHING
         progress.close()
         monitor.close()
-    if info.is_main:
-        finish(t)
     barrier(info)
     return RunResult("completed", t.run_dir.root, state.step)
 
 
-def open_monitor(t: Training) -> Monitor | NullMonitor:
+def open_monitor(t: Training, hosts: list[str]) -> Monitor | NullMonitor:
     if not t.info.is_main:
         return NullMonitor()
     if not t.state.wandb_run_id:
         t.state.wandb_run_id = wandb_run_id(t.run_dir.root)
-    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs)
+    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs, hosts)
 
 
 def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float) -> None:

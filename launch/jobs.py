@@ -195,6 +195,9 @@ def status(record: Record, out: IO[str] | None = None) -> None:
     for run in record.runs:
         print(f"  run {run.job_id}: {now[run.job_id]}; {run.run_dir}: {progress(run.run_dir)}; "
               f"W&B {record.wandb_project}/{run.wandb_run_id}", file=out)
+        where = RunDir(Path(run.run_dir)).read_info()  # the trainer stores its W&B URL or sync command
+        if where.get("wandb_url") or where.get("wandb_sync"):
+            print(f"    W&B {where.get('wandb_url') or where.get('wandb_sync')}", file=out)
 
 
 def describe(record: Record, out: IO[str], then: str = "python -m launch") -> None:

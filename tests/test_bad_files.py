@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env
-from faults_helpers import report
 
 from ae_dist.config import ModelConfig, dump_yaml, load_config
 from ae_dist.models import build_model
+from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.faults import report
 
 LEVELS = "abcdefghi"
 BOMB_HEAD = "".join(f"{name}: &{name} [{','.join(['1'] * 9) if not i else ','.join([f'*{LEVELS[i - 1]}'] * 9)}]\n"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PYTHON, REPO, clean_env
 
 from ae_dist.cli import evaluate_args, train_args
 from ae_dist.config import leaf_fields, load_config
 from ae_dist.errors import UsageError
+from tests.helpers.commands import PYTHON, REPO, clean_env
 
 HEAVY = ("torch", "matplotlib", "wandb", "torchvision", "sklearn", "submitit")
 

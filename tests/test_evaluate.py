@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, clean_env
 
 from ae_dist import data, evaluate, plots
 from ae_dist.metrics import read_metrics
+from tests.helpers.commands import PYTHON, REPO, clean_env
 
 PICTURES = ("recon.png", "latent.png", "loss.png")
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from launch import cli, jobs, request, shell
 from launch.jobs import REGISTRY, Record, Run
+from tests.helpers.commands import REPO
 
 DIGITS = ["--config", str(REPO / "configs" / "digits.yaml")]
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import sshd
 import yaml
-from conftest import PYTHON, TINY, clean_env, wait_for
-from slurm_fixture import SlurmCluster
+
+from tests.helpers import sshd
+from tests.helpers.commands import PYTHON, TINY, clean_env, wait_for
+from tests.helpers.slurm import SlurmCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 JOB = ("--cpus-per-task", "1", "--time", "10")

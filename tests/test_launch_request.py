@@ -13,11 +13,11 @@ from pathlib import Path
 
 import fake_slurm
 import pytest
-from conftest import REPO
 
 from ae_dist.config import PACKAGED_CONFIGS
 from launch import cli, profiles, request
 from launch.jobs import REGISTRY, Record
+from tests.helpers.commands import REPO
 
 DIGITS = ["--config", str(REPO / "configs" / "digits.yaml")]
 

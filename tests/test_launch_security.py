@@ -15,11 +15,11 @@ from pathlib import Path
 
 import fake_slurm
 import pytest
-from conftest import PYTHON, REPO, TINY, clean_env
-from slurm_fixture import SlurmCluster
 
 from launch import cli
 from launch.jobs import REGISTRY, Record
+from tests.helpers.commands import PYTHON, REPO, TINY, clean_env
+from tests.helpers.slurm import SlurmCluster
 
 DIGITS = ["--config", str(REPO / "configs" / "digits.yaml")]
 

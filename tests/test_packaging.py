@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+
+from tests.helpers.commands import REPO
 
 pytestmark = pytest.mark.slow
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "runs", "data", "build", "*.egg-info", "__pycache__", "wandb",

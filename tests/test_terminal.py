@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO, clean_env
 
 from ae_dist.console import Progress, write
+from tests.helpers.commands import PYTHON, REPO, clean_env
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EPOCH = re.compile(r"epoch (\d)/2, loss: [\d.]+, test loss: [\d.]+, [\d,]+ samples/s")
