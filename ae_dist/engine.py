@@ -1,4 +1,4 @@
-"""The pieces of training, as functions the loop in `ae_dist.train` calls: one step, the loss
+"""The pieces of training, as functions the loop in `ae_dist.trainer` calls: one step, the loss
 window, one evaluation, the optimizer.
 
 Nothing here reads the loss back to the host except at logging steps: the epoch's loss
