@@ -9,6 +9,7 @@ an epoch resumed mid-way still reports the mean over all of its steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,8 @@ class FusedAdamStep:
         params = groups[0]["params"] if len(groups) == 1 else []
         self.enabled = (isinstance(optimizer, torch.optim.Adam) and len(groups) == 1 and bool(groups[0]["fused"])
                         and not groups[0]["amsgrad"] and not groups[0].get("decoupled_weight_decay", False)
-                        and not groups[0]["differentiable"] and len({(p.device, p.dtype) for p in params}) == 1)
+                        and not groups[0]["differentiable"] and len({(p.device, p.dtype) for p in params}) == 1
+                        and fused_adam_kernel_matches(params[0].device.type))
 
     def __call__(self) -> None:
         optimizer = self.optimizer
@@ -68,6 +70,33 @@ class FusedAdamStep:
                                [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
                                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                                eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None)
+
+
+@functools.cache
+def fused_adam_kernel_matches(device_type: str) -> bool:
+    """Whether this torch has the private ``torch._fused_adam_`` and, called as `FusedAdamStep` calls it,
+    it gives bitwise the weights and state of ``Adam(fused=True).step()``; checked once per process
+    and device type on two 2-element parameters (a few milliseconds, no random numbers drawn).
+
+    False (a torch without the op, one whose op takes other arguments or computes otherwise, one
+    without fused Adam on this device): `FusedAdamStep` calls ``optimizer.step()`` throughout.
+    """
+    if not callable(getattr(torch, "_fused_adam_", None)):
+        return False
+    twins = [nn.Parameter(torch.tensor([0.5, -1.5], device=device_type)) for _ in range(2)]
+    try:
+        reference, ours = (torch.optim.Adam([p], lr=0.1, fused=True) for p in twins)
+        fast = object.__new__(FusedAdamStep)  # its __call__ as is, without this check
+        fast.optimizer, fast.enabled = ours, True
+        for grad in ([0.25, -0.5], [0.125, 1.0]):  # the first step makes the state, the second is the op's
+            for p in twins:
+                p.grad = torch.tensor(grad, device=device_type)
+            reference.step()
+            fast()
+        return torch.equal(*twins) and all(torch.equal(reference.state[twins[0]][k], ours.state[twins[1]][k])
+                                           for k in ("step", "exp_avg", "exp_avg_sq"))
+    except Exception:  # any failure of a private op (TypeError, RuntimeError, a renamed state key) means: don't use it
+        return False
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:

@@ -399,6 +399,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.compat
 def test_intact_small_idx_files_load(tmp_path: Path) -> None:
     write_fashion_mnist(tmp_path, train=64, test=32)
     split = data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=True)

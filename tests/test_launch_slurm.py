@@ -77,6 +77,7 @@ def assert_one_wandb_run(run_dir: Path, starts: int) -> None:
     assert merged.steps == sorted(set(merged.steps))  # nothing logged twice across the requeue
 
 
+@pytest.mark.compat
 def test_two_node_submitit_job_matches_torchrun(slurm_cluster: SlurmCluster, tmp_path: Path, env, reference_runs) -> None:
     reference = reference_runs(THREADS, nproc=2)
     result = run_launch(["--nodes", "2", *JOB, "--wait", *TINY, *THREADS, "run.dir=run"], tmp_path, env)

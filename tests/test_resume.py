@@ -61,6 +61,7 @@ def resumed_from(stdout: str) -> str:
 # 1. kill -9 at three points, rerun the same command: bitwise the uninterrupted weights
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_killed_three_times_then_rerun_matches_the_uninterrupted_run(nproc, reference_runs, tmp_path_factory):
     run = interrupted_run(tmp_path_factory, nproc)

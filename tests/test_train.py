@@ -58,6 +58,7 @@ def test_test_loss_falls_and_train_loss_is_the_epoch_mean(torchrun_digits) -> No
     assert min(first_epoch_losses) <= epochs[0]["train_loss"] <= max(first_epoch_losses) + 0.1  # a mean, not the last
 
 
+@pytest.mark.compat
 def test_one_process_and_two_reach_the_same_weights(tmp_path: Path, reference_runs) -> None:
     one = reference_runs((), 1)
     two = reference_runs((), 2)
