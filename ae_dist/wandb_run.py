@@ -245,16 +245,13 @@ class WandbRun:
             self.run = None
             return None
 
-    def log(self, record: dict[str, Any], images: dict[str, Path]) -> None:
+    def log(self, record: dict[str, Any], images: dict[str, Path], extra: dict[str, Any] | None = None) -> None:
         def log() -> None:
             data = {f"{record['kind']}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
             data.update({key: self.wandb.Image(str(path)) for key, path in images.items()})
-            self.run.log(data, step=record["step"])
+            self.run.log(data | (extra or {}), step=record["step"])
 
         self._call("log", log)
-
-    def log_values(self, values: dict[str, Any], step: int) -> None:
-        self._call("log", lambda: self.run.log(values, step=step))
 
     def summarize(self, values: dict[str, Any]) -> None:
         self._call("summary", lambda: self.run.summary.update(values))
