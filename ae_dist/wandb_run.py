@@ -14,6 +14,7 @@ not hold (`WandbRun.log_missing`), reading the offline ``.wandb`` file (a LevelD
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import netrc
 import os
@@ -192,7 +193,8 @@ class WandbRun:
                     self.run = self._init("online")
                 except Exception as err:  # noqa: BLE001 (wandb raises CommError, UsageError, ServerResponseError...)
                     reason = one_line(err)
-                    wandb.teardown()  # the failed attempt holds the run id in wandb-core; a fresh one takes it
+                    with contextlib.suppress(Exception):
+                        wandb.teardown()  # the failed attempt holds the run id in wandb-core; a fresh one takes it
             if reason:
                 warn(f"W&B: cannot reach {base_url()} ({reason}); continuing offline")
                 mode = "offline"
