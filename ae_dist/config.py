@@ -118,8 +118,8 @@ class WandbConfig:
     system_metrics: bool = _field(True, "W&B's own system monitor (CPU, memory, disk, network; GPU where one exists) "
                                         "on rank 0's node")
     log_checkpoints: Literal["off", "reference", "upload"] = _field(
-        "reference", "checkpoints in W&B: off | reference (an artifact pointing at the file, nothing uploaded) | "
-                     "upload (a copy of each checkpoint)")
+        "reference", "the newest checkpoint as a W&B artifact when the run stops: off | reference (points at the "
+                     "file, nothing uploaded) | upload (a copy)")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Rank 0's output in one object: each new record to metrics.jsonl first, then W&B, and the console.
 
 Other ranks get `NullMonitor`, whose methods do nothing, so the loop never asks who it is.
-Besides the records, W&B gets the per-rank step times (`ae_dist.ranks`), an alert per
-straggler, the best and final test loss in the summary, each new checkpoint
-(``wandb.log_checkpoints``) and the final model.pt as a ``model`` artifact.
+Besides the records, W&B gets the per-rank step times (`ae_dist.ranks`, in the same history
+row as the train record), an alert per straggler, the best and final test loss in the
+summary, the newest checkpoint when the run stops (``wandb.log_checkpoints``; an artifact
+costs W&B a few hundred ms, too much for the loop) and the final model.pt as a ``model`` artifact.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Monitor:
         self.metrics = MetricsFile(run_dir.metrics)
         self.epochs = epochs
         self.stragglers = Stragglers()
+        self.rank_times: dict[str, Any] = {}  # the window's ranks/* keys, logged with the train record of its step
         earlier = read_metrics(self.metrics.path)
         test_losses = [r["test_loss"] for r in earlier if r["kind"] == "epoch" and math.isfinite(r["test_loss"])]
         self.best_test_loss = min(test_losses, default=math.inf)
@@ -48,25 +50,26 @@ class Monitor:
         self.metrics.write(record)  # first: W&B then never holds a record that metrics.jsonl lacks
         if self.wandb is None:
             return
-        self.wandb.log(record, images or {})
+        extra = self.rank_times if self.rank_times.get("step") == record["step"] else {}
+        self.wandb.log(record, images or {}, {k: v for k, v in extra.items() if k != "step"})
+        self.rank_times = {}
         if record["kind"] == "epoch" and math.isfinite(record["test_loss"]):
             self.best_test_loss = min(self.best_test_loss, record["test_loss"])
             self.final_test_loss = record["test_loss"]
             self.wandb.summarize({"best_test_loss": self.best_test_loss, "final_test_loss": self.final_test_loss})
-        self.log_checkpoints()
 
     def log_ranks(self, times: RankTimes | None) -> None:
-        """The per-rank step times of one window; a `straggler:` line and a W&B alert for a rank that stays slow."""
+        """The per-rank step times of one window (W&B gets them with the train record of the same step, one
+        call); a `straggler:` line and a W&B alert for a rank that stays slow."""
         if times is None:
             return
-        if self.wandb is not None:
-            self.wandb.log_values(times.record(), times.step)
+        self.rank_times = {"step": times.step, **times.record()}
         for line in self.stragglers.update(times):
             print(line, flush=True)
             if self.wandb is not None:
                 self.wandb.alert("straggler", line)
 
-    def log_checkpoints(self) -> None:
+    def log_checkpoint(self) -> None:
         """The newest checkpoint, when it is newer than the last one logged (``wandb.log_checkpoints``)."""
         if self.wandb is None or self.cfg.log_checkpoints == "off":
             return
@@ -96,7 +99,7 @@ class Monitor:
     def close(self) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.log_checkpoints()  # the one written after the last record
+            self.log_checkpoint()  # the one to resume from
             self.wandb.close()
 
 

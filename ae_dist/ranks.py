@@ -4,7 +4,8 @@ Each rank times its own training steps with the host clock and splits each step 
 
     data     from the end of its previous step to the model's forward (the batch gather, and
              anything else a rank does before the forward)
-    compute  forward and backward, until this rank's last gradient is ready
+    compute  forward and backward, until the gradient of the model's first parameter is ready
+             (backward computes the first layer last)
     sync     from there to the end of the step: the wait for the gradient all-reduce, the
              optimizer, logging and checkpoints
 
@@ -18,10 +19,10 @@ metrics.jsonl keeps train and epoch records), and names a rank whose step time s
 one ``straggler:`` line and a W&B alert. The first step of each epoch (after the evaluation)
 is not timed.
 
-Cost: two ``perf_counter`` calls per step plus one per parameter tensor (gradient hooks), one
-forward pre-hook, and the gather at logging steps, which already read the loss back
-(``python -m benchmarks.wandb_overhead``). One process: nothing is timed or gathered. On CUDA
-the split is host time (kernel launches, not kernel time); the step time still holds.
+Cost: three ``perf_counter`` calls per step (a forward pre-hook, one gradient hook, the end of
+the step) and the gather at logging steps, which already read the loss back
+(``python -m benchmarks.wandb_overhead`` times each piece). One process: nothing is timed or
+gathered. On CUDA the split is host time (kernel launches, not kernel time).
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ class RankClock:
         dist.all_gather_object(hosts, self.hosts[0])
         self.hosts = [str(host) for host in hosts]
         model.register_forward_pre_hook(self._forward)  # the model the loop calls: outside any compiled region
-        for param in model.parameters():
-            if param.requires_grad:
-                param.register_post_accumulate_grad_hook(self._grad_ready)
+        first = next((param for param in model.parameters() if param.requires_grad), None)
+        if first is not None:
+            first.register_post_accumulate_grad_hook(self._grad_ready)
 
     def _forward(self, module: nn.Module, args: object) -> None:
         self.forward_at = time.perf_counter()

@@ -113,9 +113,9 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                 logging = state.step % cfg.train.log_every == 0
                 if logging:
                     window.check(info)
+                    monitor.log_ranks(rank_clock.gather(state.step))
                     monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
                                  "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
-                    monitor.log_ranks(rank_clock.gather(state.step))
                 progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                 stopped_by = stop.should_stop(state.step, info)
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps

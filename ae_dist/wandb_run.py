@@ -14,6 +14,7 @@ not hold (`WandbRun.log_missing`), reading the offline ``.wandb`` file (a LevelD
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import netrc
 import os
@@ -192,7 +193,8 @@ class WandbRun:
                     self.run = self._init("online")
                 except Exception as err:  # noqa: BLE001 (wandb raises CommError, UsageError, ServerResponseError...)
                     reason = one_line(err)
-                    wandb.teardown()  # the failed attempt holds the run id in wandb-core; a fresh one takes it
+                    with contextlib.suppress(Exception):
+                        wandb.teardown()  # the failed attempt holds the run id in wandb-core; a fresh one takes it
             if reason:
                 warn(f"W&B: cannot reach {base_url()} ({reason}); continuing offline")
                 mode = "offline"
@@ -245,16 +247,13 @@ class WandbRun:
             self.run = None
             return None
 
-    def log(self, record: dict[str, Any], images: dict[str, Path]) -> None:
+    def log(self, record: dict[str, Any], images: dict[str, Path], extra: dict[str, Any] | None = None) -> None:
         def log() -> None:
             data = {f"{record['kind']}/{k}": v for k, v in record.items() if k not in ("kind", "step")}
             data.update({key: self.wandb.Image(str(path)) for key, path in images.items()})
-            self.run.log(data, step=record["step"])
+            self.run.log(data | (extra or {}), step=record["step"])
 
         self._call("log", log)
-
-    def log_values(self, values: dict[str, Any], step: int) -> None:
-        self._call("log", lambda: self.run.log(values, step=step))
 
     def summarize(self, values: dict[str, Any]) -> None:
         self._call("summary", lambda: self.run.summary.update(values))

@@ -166,11 +166,10 @@ def test_final_model_and_checkpoints_are_artifacts(straggling_run):
     epochs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     assert metadata["test_loss"] == epochs[-1]["test_loss"]
 
-    checkpoints = [a for a in artifacts if a.type == "checkpoint"]  # wandb.log_checkpoints=reference: no upload
-    assert [json.loads(a.metadata)["step"] for a in checkpoints] == [10, 20, 23, 30, 40, 46]
-    for artifact in checkpoints:
-        (entry,) = artifact.manifest.contents
-        assert entry.ref == (run_dir / "checkpoints" / entry.path).resolve().as_uri() and not entry.local_path
+    (checkpoint,) = [a for a in artifacts if a.type == "checkpoint"]  # the newest, when the run stops
+    assert json.loads(checkpoint.metadata)["step"] == 46 and set(checkpoint.aliases) == {"latest", "step-46"}
+    (entry,) = checkpoint.manifest.contents  # wandb.log_checkpoints=reference: the file's URI, nothing uploaded
+    assert entry.ref == (run_dir / "checkpoints" / "step_00000046.pt").resolve().as_uri() and not entry.local_path
 
 
 def test_a_slow_rank_is_named_once_and_in_the_history(straggling_run):
