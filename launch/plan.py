@@ -55,7 +55,7 @@ def parse_sweeps(items: list[str]) -> list[tuple[str, list[str]]]:
 def _absolute(config: Config) -> Config:
     """Paths resolved against the submitting folder, so every task writes to the same place."""
     train = config.train
-    if train.resume not in ("auto", "never"):
+    if train.resume not in ("auto", "changed", "never"):
         train = dataclasses.replace(train, resume=os.path.abspath(train.resume))
     return dataclasses.replace(config, train=train,
                                run=dataclasses.replace(config.run, dir=os.path.abspath(config.run.dir)),

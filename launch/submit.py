@@ -8,6 +8,7 @@ W&B group.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from ae_dist.config import Config
 from ae_dist.errors import UsageError
-from ae_dist.run_dir import wandb_group, wandb_run_id
+from ae_dist.run_dir import resolve_template, wandb_group, wandb_run_id
 from ae_dist.wandb_run import wandb_mode
 from launch import shell
 from launch.job import TrainJob
@@ -33,6 +34,10 @@ def make_executor(request: Request, folder: Path) -> submitit.AutoExecutor:
 
 def submit(request: Request, runs: list[Config]) -> tuple[Record, list[submitit.Job]]:
     """Submit one job (or one array), remember it in the registry, and return it."""
+    # a run.dir template ({wandb_run_id}, {date}, {time}) becomes one new folder per run, here, once:
+    # the job (and its requeues) gets the folder itself
+    runs = [dataclasses.replace(config, run=dataclasses.replace(config.run, dir=resolve_template(config.run.dir)))
+            for config in runs]
     root = Path(runs[0].run.dir) if len(runs) == 1 else Path(runs[0].run.dir).parent
     ids = [wandb_run_id(Path(config.run.dir)) for config in runs]
     folder = root / "submitit"

@@ -166,3 +166,20 @@ def test_requeued_sbatch_job_lands_in_the_same_folder(slurm_cluster: SlurmCluste
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()] == [Path(folders[0]).name]
     assert (Path(folders[0]) / "model.pt").exists()
     assert json.loads((tmp_path / "runs" / RESOLVED).read_text())["key"] == f"slurm-{job_id}"
+
+
+def test_the_launcher_fills_a_template_once_per_submission(tmp_path: Path) -> None:
+    """Through `python -m launch` the folder is made at submission: the job (and its requeues) gets it as is."""
+    from launch.jobs import REGISTRY, Record
+
+    template = str(tmp_path / "runs" / "{wandb_run_id}")
+    result = subprocess.run([PYTHON, "-m", "launch", "--executor", "local", "--wait", *TINY, "train.epochs=1",
+                             f"run.dir={template}"], cwd=tmp_path, env=clean_env(tmp_path), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = Record.from_json((tmp_path / REGISTRY).read_text().splitlines()[-1])
+    folder = Path(record.runs[0].run_dir)
+    assert "{" not in str(folder) and folder.parent == tmp_path / "runs"
+    assert folder.name == record.runs[0].wandb_run_id == read_run_info(folder)["wandb_run_id"]
+    assert (folder / "model.pt").exists()
+    assert yaml.safe_load((folder / "config.yaml").read_text())["run"]["dir"] == str(folder)
