@@ -49,6 +49,10 @@ class RunDir:
     def wandb(self) -> Path:
         return self.root / "wandb"
 
+    @property
+    def incidents(self) -> Path:  # stacks of every live rank when one went silent (ae_dist.incidents)
+        return self.root / "incidents"
+
     def picture(self, name: str) -> Path:  # recon, latent, loss
         return self.root / f"{name}.png"
 

@@ -40,7 +40,7 @@ from ae_dist.metrics import read_metrics
 from ae_dist.models import build_model
 from ae_dist.monitor import Monitor, NullMonitor
 from ae_dist.preemption import FINISHING, TRAINING, StopSignals, exit_status, stopped_line
-from ae_dist.run_dir import wandb_run_id
+from ae_dist.run_dir import RunDir, wandb_run_id
 
 PICTURE_COUNT = 10
 TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
@@ -68,7 +68,7 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     torch.set_flush_denormal(config.train.flush_denormal)  # before any thread pool starts: its threads inherit it
     training = None
     try:
-        with distributed(config.train.device, config.dist.timeout_s) as info:
+        with distributed(config.train.device, config.dist.timeout_s, RunDir(Path(config.run.dir)).incidents) as info:
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
@@ -124,7 +124,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                 if logging:
                     window.check(info)
                     monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
-                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
+                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"],
+                                 "world_size": info.world_size})
                 progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                 stopped_by = stop.should_stop(state.step, info)
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
@@ -170,7 +171,7 @@ def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float)
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
     record = {"kind": "epoch", "step": state.step, "epoch": state.epoch, "train_loss": train_loss,
               "test_loss": test_loss, "samples_per_s": samples_per_s, "lr": t.optimizer.param_groups[0]["lr"],
-              "skipped_steps": state.skipped_steps}
+              "skipped_steps": state.skipped_steps, "world_size": t.info.world_size}
     every = cfg.wandb.images_every_epochs
     drawing = t.info.is_main and every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs)
     monitor.log(record, draw_pictures(t) if drawing else {})

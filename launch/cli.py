@@ -4,6 +4,7 @@
     python -m launch --nodes 2 --gpus-per-node 4 --partition gpu --time 4:00:00 --config configs/default.yaml
     python -m launch --executor local --tasks-per-node 2 --config configs/digits.yaml   # no SLURM needed
     python -m launch --sweep optim.lr=1e-3,3e-3 --config configs/digits.yaml run.dir=runs/lr   # one job array
+    python -m launch --nodes 4 --min-nodes 2 --config configs/digits.yaml    # elastic: a lost node shrinks the job
     python -m launch --cluster mycluster --config configs/default.yaml    # configs/clusters/mycluster.yaml
     python -m launch --remote login.example.org --remote-dir ae-dist \\
         --remote-setup 'source ~/venvs/ae/bin/activate' --config configs/digits.yaml    # from a laptop
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ae_dist.errors import EXIT_PREEMPTED, UsageError, reporting
-from launch import jobs, profiles, remote
+from launch import elastic, jobs, profiles, remote
 
 if TYPE_CHECKING:
     from launch.submit import Request
@@ -74,6 +75,7 @@ def submit_parser() -> Parser:
                      help="one run per value (several --sweep: their product), submitted as one job array")
     req.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if every run completed")
     req.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the record, for the remote side
+    elastic.add_flags(parser)
     add_remote_flags(parser)
     parser.add_argument("--config", help="YAML experiment (default: configs/default.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, as for ae_dist.train")
@@ -144,16 +146,17 @@ def run_submit(argv: list[str]) -> int:
     request = build_request(values, args.job_name)
     target = remote_of(values)
     submit.check_request(request, scheduler_here=target is None)
+    spec = elastic.spec_of(args, request, config, len(sweeps), torch_here=target is None)
     if target is not None:
         submit.plan_runs(config, sweeps, request.world_size)  # bad sweeps and batch sizes stop here, not there
-        record = remote.submit(target, dump_yaml(config), request_args(values, args))
+        record = remote.submit(target, dump_yaml(config), request_args(values, args) + elastic.flags_of(spec))
         flags = f"--remote {target.host} --remote-dir {target.work_dir}" + (
             f" --ssh-config {target.ssh_config}" if target.ssh_config else "")
         print(f"on {target.host}:")
         submit.describe(record, sys.stdout, then=f"python -m launch {flags}")
         return 0
     runs = submit.plan_runs(config, sweeps, request.world_size)
-    record, submitted = submit.submit(request, runs)
+    record, submitted = submit.submit(request, runs, spec)
     if args.json:
         print(record.to_json(), flush=True)
     else:

@@ -9,6 +9,7 @@ W&B group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -18,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
@@ -30,6 +31,9 @@ from ae_dist.wandb_run import wandb_mode
 from launch.job import TrainJob
 from launch.jobs import Record, Run, finished, remember, states
 from launch.profiles import EXECUTORS
+
+if TYPE_CHECKING:
+    from launch.elastic import ElasticSpec
 
 
 @dataclass(frozen=True)
@@ -205,18 +209,25 @@ def make_executor(request: Request, folder: Path) -> submitit.AutoExecutor:
     return executor
 
 
-def submit(request: Request, runs: list[Config]) -> tuple[Record, list[submitit.Job]]:
+def submit(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None = None
+           ) -> tuple[Record, list[submitit.Job]]:
     """Submit one job (or one array), remember it in the registry, and return it."""
     root = Path(runs[0].run.dir) if len(runs) == 1 else Path(runs[0].run.dir).parent
     ids = [wandb_run_id(Path(config.run.dir)) for config in runs]
     folder = root / "submitit"
-    executor = make_executor(request, folder)
+    if elastic_spec is None:
+        executor, job_of, tasks = make_executor(request, folder), TrainJob, request.world_size
+    else:  # one submitit task per node, each running torchrun (launch/elastic.py)
+        from launch import elastic
+
+        executor, tasks = elastic.executor(request, elastic_spec, folder, runs[0]), request.nodes
+        job_of = functools.partial(elastic.ElasticJob, spec=elastic_spec, nproc=request.tasks_per_node)
     try:
         if len(runs) == 1:
-            jobs = [executor.submit(TrainJob(runs[0]))]
+            jobs = [executor.submit(job_of(runs[0]))]
         else:
             with executor.batch():
-                jobs = [executor.submit(TrainJob(config)) for config in runs]
+                jobs = [executor.submit(job_of(config)) for config in runs]
     except (FailedJobError, FailedSubmissionError) as err:
         reason = next((line for line in reversed(str(err).splitlines()) if "error" in line.lower()), str(err))
         raise UsageError(f"the scheduler refused the job ({reason.strip()[:200]})", "sbatch",
@@ -224,12 +235,13 @@ def submit(request: Request, runs: list[Config]) -> tuple[Record, list[submitit.
     main_id = jobs[0].job_id.split("_")[0]
     record = Record(
         job_id=main_id, executor=request.executor, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        host=socket.gethostname(), request=request.describe(), tasks=request.world_size,
+        host=socket.gethostname(), tasks=request.world_size,
+        request=request.describe() + (f", elastic: {elastic_spec.min_nodes}-{request.nodes} nodes" if elastic_spec else ""),
         wandb_project=runs[0].wandb.project,
         wandb_group=wandb_group(runs[0].wandb.group, {"SLURM_JOB_ID": main_id} if request.executor == "slurm" else {}),
         wandb_mode=wandb_mode(runs[0].wandb.mode),
         runs=[Run(job.job_id, config.run.dir, run_id,
-                  [str(JobPaths(folder, job.job_id, task).stdout) for task in range(request.world_size)])
+                  [str(JobPaths(folder, job.job_id, task).stdout) for task in range(tasks)])
               for job, config, run_id in zip(jobs, runs, ids)])
     remember(record)
     return record, jobs
