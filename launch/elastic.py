@@ -185,7 +185,9 @@ def run_node(plan: NodePlan, trainer_args: list[str], run_dir: Path, env: dict[s
             "requeued without it")
         return EXIT_FAILED
     status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    if status and stop.received:
+    if status and stop.received:  # torchrun passed the signal on and exits 1 itself (its traceback above)
+        say(f"torchrun on {plan.host} stopped by signal {stop.received}: the workers checkpointed; exit "
+            f"{exit_status(stop.received)}, the job is requeued")
         return exit_status(stop.received)
     return status
 

@@ -23,6 +23,7 @@ from typing import IO
 
 import yaml
 
+from ae_dist import incidents
 from ae_dist.errors import UsageError
 from ae_dist.metrics import read_metrics
 from ae_dist.run_dir import RunDir
@@ -167,6 +168,8 @@ def status(record: Record, out: IO[str] = sys.stdout) -> None:
     for run in record.runs:
         print(f"  run {run.job_id}: {now[run.job_id]}; {run.run_dir}: {progress(run.run_dir)}; "
               f"W&B {record.wandb_project}/{run.wandb_run_id}", file=out)
+        for line in incidents.summary(RunDir(Path(run.run_dir)).incidents):  # a rank that went silent, hosts excluded
+            print(f"    {line}", file=out)
 
 
 # -------------------------------------------------------------------------------------------
