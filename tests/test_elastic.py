@@ -28,7 +28,7 @@ from test_launch_slurm import run_launch, submitted, wait_ended
 
 from ae_dist.errors import UsageError
 from ae_dist.incidents import failed_hosts, records
-from launch import elastic
+from launch.node import check_torch
 from launch.requeue import settle
 
 THREADS = ("train.threads=1",)  # the reference of tests/test_launch_slurm.py too: one uninterrupted run per session
@@ -257,12 +257,12 @@ def test_sbatch_elastic_job_survives_a_killed_node(slurm_cluster: SlurmCluster, 
 
 def test_old_torch_is_refused_in_one_line() -> None:
     with pytest.raises(UsageError) as err:
-        elastic.check_torch("2.9.1+cu128")
+        check_torch("2.9.1+cu128")
     assert err.value.lines() == ["error: torch 2.9.1+cu128's torchrun has no --signals-to-handle (added in torch 2.10): "
                                  "SLURM's pre-timeout signal would end torchrun before the workers checkpoint "
                                  "(--min-nodes): install torch>=2.10 where the job runs, or submit without --min-nodes "
                                  "(one srun task per GPU)"]
-    elastic.check_torch("2.10.0")
+    check_torch("2.10.0")
 
 
 def test_settle_budget_and_completion(tmp_path: Path) -> None:
