@@ -8,6 +8,7 @@ not hold (`WandbRun.log_missing`), reading the offline ``.wandb`` file (a LevelD
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import struct
@@ -108,6 +109,7 @@ class WandbRun:
     def __init__(self, cfg: WandbConfig, mode: str, run_dir: RunDir, run_id: str, config: dict[str, Any]):
         import wandb
 
+        logging.raiseExceptions = False  # W&B's own log file on a full disk prints no traceback: our error line says it
         self.wandb = wandb
         holds = offline_logged_through(run_dir.wandb, run_id) if mode == "offline" else None
         self.run = wandb.init(
