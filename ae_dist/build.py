@@ -7,7 +7,6 @@ folder's config, so a command that is refused leaves the folder as it was.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from ae_dist.dist import DistInfo, barrier
 from ae_dist.errors import UsageError
 from ae_dist.lease import Lease
 from ae_dist.models import build_model
-from ae_dist.run_dir import RunDir, launch_command
+from ae_dist.run_dir import RunDir
 
 
 @dataclass
@@ -141,14 +140,5 @@ def prepare_run_dir(run_dir: RunDir, config: Config) -> None:
         tmp.replace(run_dir.config)
     except OSError as err:
         raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", "choose a writable folder") from None
-    if "git_sha" not in run_dir.read_info():
-        run_dir.write_info(git_sha=_git_sha(), torch=torch.__version__, python=sys.version.split()[0],
-                           command=launch_command())
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    if "torch" not in run_dir.read_info():
+        run_dir.write_info(torch=torch.__version__, python=sys.version.split()[0])

@@ -23,6 +23,7 @@ import subprocess
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -131,7 +132,7 @@ def _check_port_free(addr: str, port: int) -> None:
                              "pick a free port, or unset MASTER_PORT for single-node runs") from None
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = 300.0, incidents_dir: Path | None = None) -> DistInfo:
     env = read_env()
     world_size = int(env.get("WORLD_SIZE", "1"))
     rank = int(env.get("RANK", "0"))
@@ -154,7 +155,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
     heartbeat = Heartbeat(env["MASTER_ADDR"], int(env["MASTER_PORT"]), _store_host(env), prefix, rank, world_size,
-                          timeout_s)
+                          timeout_s, incidents_dir)
     return DistInfo(rank, local_rank, world_size, local_world_size, dev, backend, heartbeat)
 
 
@@ -166,9 +167,10 @@ def teardown(info: DistInfo) -> None:
 
 
 @contextlib.contextmanager
-def distributed(device: str = "auto", timeout_s: float = 300.0) -> Iterator[DistInfo]:
-    """One init, one teardown; a collective that fails because a rank went silent becomes `PeerLost`."""
-    info = init_distributed(device, timeout_s)
+def distributed(device: str = "auto", timeout_s: float = 300.0, incidents_dir: Path | None = None) -> Iterator[DistInfo]:
+    """One init, one teardown; a collective that fails because a rank went silent becomes `PeerLost`
+    (with ``incidents_dir``, every live rank leaves its stacks there: `ae_dist.incidents`)."""
+    info = init_distributed(device, timeout_s, incidents_dir)
     try:
         yield info
     except RuntimeError as err:
@@ -191,7 +193,9 @@ def _open_store(env: dict[str, str], rank: int, world_size: int, timeout_s: floa
     torchrun's agent hosts the store and keeps it across ``--max-restarts`` restarts; in one
     shared key space, restarted gloo ranks would read the addresses their killed predecessors
     published and fail to connect. Each rank counts its own starts at this world size, so the
-    ranks of one start agree on the prefix whatever each node's restart count says.
+    ranks of one start agree on the prefix whatever each node's restart count says; the prefix
+    names the world size too, as an elastic job that shrinks starts again at a new size whose
+    first start would otherwise reuse the prefix of the first start at the old size.
     """
     addr, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
     hosts = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
@@ -203,7 +207,7 @@ def _open_store(env: dict[str, str], rank: int, world_size: int, timeout_s: floa
                 else f"rank {rank} could not reach the rendezvous store of {_store_host(env)} within {timeout_s:g} s")
         raise RendezvousFailed(what, "MASTER_ADDR:MASTER_PORT", "start every rank with the same MASTER_ADDR, "
                                "MASTER_PORT and WORLD_SIZE, and check that no other program holds that port") from None
-    prefix = f"ae_dist/start{store.add(f'ae_dist/starts/world{world_size}/rank{rank}', 1)}/"
+    prefix = f"ae_dist/world{world_size}/start{store.add(f'ae_dist/starts/world{world_size}/rank{rank}', 1)}/"
     return dist.PrefixStore(prefix, store), prefix
 
 

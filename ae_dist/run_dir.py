@@ -15,6 +15,7 @@ import os
 import secrets
 import shlex
 import string
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ class RunDir:
     @property
     def wandb(self) -> Path:
         return self.root / "wandb"
+
+    @property
+    def incidents(self) -> Path:  # stacks of every live rank when one went silent (ae_dist.incidents)
+        return self.root / "incidents"
 
     def picture(self, name: str) -> Path:  # recon, latent, loss
         return self.root / f"{name}.png"
@@ -142,6 +147,33 @@ def launch_command() -> str:
     return shlex.join(argv)
 
 
+def git_state(folder: Path = Path(__file__).resolve().parent) -> tuple[str, bool | None]:
+    """(SHA of HEAD, whether tracked files differ from it) of the code that runs; ("", None) outside git."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=folder)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    if not sha:
+        return "", None
+    return sha, bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def record_launch(run_dir: RunDir, hosts: list[str], job: str, keep: int = 100) -> None:
+    """Append this start of the run to ``run.json``'s ``launches`` (the newest ``keep``): when, the command as
+    launched, the host of each rank, the job, and the code (git SHA, dirty flag). The first start's command,
+    SHA and dirty flag are also the top-level ``command``, ``git_sha``, ``git_dirty``."""
+    sha, dirty = git_state()
+    launch = {"at": datetime.datetime.now().isoformat(timespec="seconds"), "command": launch_command(),
+              "hosts": hosts, "world_size": len(hosts), "job": job, "git_sha": sha, "git_dirty": dirty}
+    info = run_dir.read_info()
+    first = {} if "command" in info else {"command": launch["command"], "git_sha": sha, "git_dirty": dirty}
+    run_dir.write_info(**first, launches=[*info.get("launches", []), launch][-keep:])
+
+
 # ------------------------------------------------------------------------------------------- run.dir templates
 
 TEMPLATE_FIELDS = ("wandb_run_id", "date", "time")
@@ -222,6 +254,15 @@ def resolve_template(template: str, key: str = "", now: datetime.datetime | None
         record.write(json.dumps({"key": key, "template": template, "dir": folder}) + "\n")
         record.flush()
     return folder
+
+
+def preview_template(template: str, now: datetime.datetime | None = None) -> str:
+    """The folder a run.dir template would name now, with nothing created (``{wandb_run_id}`` shown as
+    ``<new-run-id>``: the id is drawn when the folder is made)."""
+    if not template_fields(template):
+        return template
+    now = now or datetime.datetime.now()
+    return template.format(wandb_run_id="<new-run-id>", date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"))
 
 
 def _make(template: str, now: datetime.datetime | None) -> str:

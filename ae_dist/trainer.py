@@ -23,12 +23,13 @@ from ae_dist.config import Config, check_world_size, to_dict
 from ae_dist.console import Progress
 from ae_dist.dist import barrier, cpu_threads, distributed, read_env
 from ae_dist.errors import AeDistError, as_error
+from ae_dist.lease import job_id
 from ae_dist.liveness import die_with_launcher
 from ae_dist.metrics import read_metrics
 from ae_dist.models import build_model
 from ae_dist.monitor import Monitor, NullMonitor
 from ae_dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
-from ae_dist.run_dir import agree_run_dir, wandb_run_id
+from ae_dist.run_dir import RunDir, agree_run_dir, record_launch, wandb_run_id
 from ae_dist.wandb_run import check_credentials
 
 PICTURE_COUNT = 10
@@ -62,6 +63,8 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     try:
         with distributed(config.train.device, config.dist.timeout_s) as info:
             config = agree_run_dir(config, info)  # a run.dir template ({wandb_run_id}, {date}, {time}) made concrete
+            if info.heartbeat is not None:  # a rank that goes silent from here on leaves every live rank's stacks there
+                info.heartbeat.incidents_dir = RunDir(Path(config.run.dir)).incidents
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
@@ -93,6 +96,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
     optimizer_step = engine.FusedAdamStep(t.optimizer)
     rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
+    if info.is_main:  # this start in run.json: the command as launched, every rank's host, the code's version
+        record_launch(t.run_dir, rank_clock.hosts, job_id())
     monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
@@ -115,7 +120,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     window.check(info)
                     monitor.log_ranks(rank_clock.gather(state.step))
                     monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
-                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"]})
+                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"],
+                                 "world_size": info.world_size})
                 progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                 stopped_by = stop.should_stop(state.step, info)
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
@@ -165,7 +171,7 @@ def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float)
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
     record = {"kind": "epoch", "step": state.step, "epoch": state.epoch, "train_loss": train_loss,
               "test_loss": test_loss, "samples_per_s": samples_per_s, "lr": t.optimizer.param_groups[0]["lr"],
-              "skipped_steps": state.skipped_steps}
+              "skipped_steps": state.skipped_steps, "world_size": t.info.world_size}
     every = cfg.wandb.images_every_epochs
     drawing = t.info.is_main and every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs)
     monitor.log(record, draw_pictures(t) if drawing else {})

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import netrc
 import os
 import ssl
 import struct
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -32,7 +32,7 @@ from typing import Any
 from ae_dist.config import WandbConfig
 from ae_dist.errors import UsageError
 from ae_dist.metrics import KIND_ORDER, record_key
-from ae_dist.run_dir import RunDir, wandb_group, wandb_name
+from ae_dist.run_dir import RunDir, git_state, wandb_group, wandb_name
 
 PROBE_TIMEOUT_S = 5.0  # one HTTP request to the W&B server before wandb.init tries it ...
 INIT_TIMEOUT_S = 15.0  # ... then wandb.init's own bound: offline after at most about 20 s in all
@@ -86,21 +86,6 @@ def unreachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     except (OSError, ValueError) as err:  # a timeout, a reset, a malformed URL
         return str(getattr(err, "strerror", None) or err) or err.__class__.__name__
     return ""
-
-
-def git_state(folder: Path = Path(__file__).resolve().parent) -> tuple[str, bool | None]:
-    """(SHA of HEAD, whether tracked files differ from it) of the code that runs; ("", None) outside git."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=folder)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    if not sha:
-        return "", None
-    return sha, bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
 def job_facts(hosts: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -184,6 +169,7 @@ class WandbRun:
     def __init__(self, cfg: WandbConfig, mode: str, run_dir: RunDir, run_id: str, config: dict[str, Any]):
         import wandb
 
+        logging.raiseExceptions = False  # W&B's own log file on a full disk prints no traceback: our error line says it
         self.wandb, self.cfg, self.run_dir, self.run_id, self.config = wandb, cfg, run_dir, run_id, config
         self.run: Any = None
         if mode == "online":

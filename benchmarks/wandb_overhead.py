@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.throughput import PYTHON, Contender, ae_dist_args, run_once, spread, torchrun, write_fashion_mnist
+from benchmarks.throughput import PYTHON, Contender, ae_dist_args, data_folder, run_once, spread, torchrun
 
 PROBE = "benchmarks.wandb_overhead"  # this module, run as the probe with --bare-probe or --probe
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ae-dist-wandb-bench-") as scratch:
         work = Path(args.workdir or scratch).resolve()
-        data_root = write_fashion_mnist(work / "data")
+        data_root = data_folder(work / "data")
         for round_index in range(args.rounds):
             for contender in contenders(data_root, work / "runs", args, round_index):
                 report, _, failure = run_once(contender, work, args, round_index)

@@ -9,6 +9,7 @@ and key. What is refused in names and paths, and why, is `launch.shell`'s to say
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -21,7 +22,7 @@ OWN_FLAG = {"nodes": "--nodes", "ntasks-per-node": "--tasks-per-node", "gpus-per
             "cpus-per-task": "--cpus-per-task", "mem": "--mem-gb", "time": "--time", "partition": "--partition",
             "account": "--account", "qos": "--qos", "constraint": "--constraint", "job-name": "--job-name",
             "signal": "--signal-delay-s", "array": "--array-parallelism", "requeue": "--max-requeues",
-            "no-requeue": "--max-requeues 0"}
+            "no-requeue": "--max-requeues 0", "exclude": "--exclude", "no-kill": "--min-nodes"}
 LAUNCHERS_OWN = ("output", "error", "open-mode", "parsable", "wrap")  # logs go to run.dir/submitit, as the registry says
 
 
@@ -29,7 +30,7 @@ def check(request: Request, scheduler_here: bool = True) -> None:
     """Impossible or unsafe requests end here, before anything is submitted (or shipped to a login node)."""
     check_ssh(request)
     for name in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "signal_delay_s", "max_requeues",
-                 "array_parallelism"):
+                 "array_parallelism", "min_nodes", "max_restarts", "max_node_failures"):
         value, least = getattr(request, name), FIELDS[name].metadata["least"]
         if value is not None and value < least:
             raise UsageError(f"{flag_of(FIELDS[name])} is {value}", request.where(name), f"use an integer >= {least}")
@@ -39,6 +40,9 @@ def check(request: Request, scheduler_here: bool = True) -> None:
     if request.mem_gb is not None and request.mem_gb <= 0:
         raise UsageError(f"--mem-gb is {request.mem_gb:g}", request.where("mem_gb"), "use a number > 0")
     request.time_min  # noqa: B018  (parses, or says why not)
+    if request.exclude is not None and not re.fullmatch(r"[A-Za-z0-9._\[\],-]+", request.exclude):
+        raise UsageError(f"not a host list {request.exclude!r}", request.where("exclude"),
+                         "give host names, comma-separated (node7,node[8-9])")
     for name in ("partition", "account", "qos", "constraint", "job_name"):
         if getattr(request, name) is not None:
             shell.check_sbatch_value(getattr(request, name), request.where(name))

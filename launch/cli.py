@@ -4,8 +4,10 @@
     python -m launch --nodes 2 --gpus-per-node 4 --partition gpu --time 4:00:00 --config configs/default.yaml
     python -m launch --executor local --tasks-per-node 2 --config configs/digits.yaml   # no SLURM needed
     python -m launch --sweep optim.lr=1e-3,3e-3 --array-parallelism 1 --config configs/digits.yaml run.dir=runs/lr
-    python -m launch --sbatch gres=gpu:4 --sbatch exclude=node7 --config configs/default.yaml   # any sbatch option
+    python -m launch --sbatch gres=gpu:4 --sbatch mail-type=END --config configs/default.yaml   # any sbatch option
+    python -m launch --nodes 4 --min-nodes 2 --config configs/digits.yaml    # elastic: a lost node shrinks the job
     python -m launch --cluster mycluster --config configs/default.yaml    # mycluster.yaml: see --cluster below
+    python -m launch --dry-run --nodes 2 --config configs/digits.yaml    # the batch script; nothing submitted
     python -m launch --remote login.example.org --remote-dir ae-dist \\
         --remote-setup 'source ~/venvs/ae/bin/activate' --config configs/digits.yaml    # from a laptop
     python -m launch status [JOB_ID]          # newest job when no id; add the same --remote flags
@@ -60,6 +62,9 @@ def submit_parser() -> Parser:
     req.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                      help="one run per value (several --sweep: their product), submitted as one job array")
     req.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if every run completed")
+    req.add_argument("--dry-run", action="store_true",
+                     help="print the batch script (SLURM) or submitit's parameters; submit nothing, write nothing")
+    req.add_argument("--print-config", action="store_true", help="print the resolved training config (YAML) and exit")
     req.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the record, for the remote side
     add_remote_flags(parser)
     parser.add_argument("--config", help="YAML experiment (default: configs/default.yaml)")
@@ -103,10 +108,23 @@ def run_submit(argv: list[str]) -> int:
     args = submit_parser().parse_intermixed_args(argv)
     req = request_of(args)
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
     sweeps = plan.parse_sweeps(args.sweep)
     target = remote_of(req)
-    checks.check(req, scheduler_here=target is None)
+    checks.check(req, scheduler_here=target is None and not args.dry_run)  # a dry run asks no scheduler
     runs = plan.plan_runs(config, sweeps, req.world_size)  # bad sweeps and batch sizes stop here, not on a login node
+    from launch import elastic
+
+    spec = elastic.spec_of(req, config, len(sweeps), torch_here=target is None)
+    if target is not None and args.dry_run:
+        print(f"dry run, nothing sent: the code and the resolved config would go to {target.host}:{target.work_dir}, "
+              "and there:")
+        print("  " + shell.command_line(["python3", "-m", "launch", "submit", "--config", "CONFIG",
+                                         *forwarded_args(req, args)]))
+        print("(the same command with --dry-run on the login node prints its batch script)")
+        return 0
     if target is not None:
         record = remote.submit(target, dump_yaml(config), forwarded_args(req, args))
         print(f"on {target.host}:")
@@ -117,7 +135,10 @@ def run_submit(argv: list[str]) -> int:
         lease.check_free(Path(run.run.dir), run.run.lease_stale_s)
     from launch import submit  # submitit and torch: only where a job is submitted
 
-    record, submitted = submit.submit(req, runs)
+    if args.dry_run:
+        submit.preview(req, runs, spec)
+        return 0
+    record, submitted = submit.submit(req, runs, spec)
     if args.json:
         print(record.to_json(), flush=True)
     else:

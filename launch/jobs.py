@@ -24,6 +24,7 @@ from typing import IO
 
 import yaml
 
+from ae_dist import incidents
 from ae_dist.errors import UsageError
 from ae_dist.metrics import read_metrics
 from ae_dist.run_dir import RunDir
@@ -198,6 +199,8 @@ def status(record: Record, out: IO[str] | None = None) -> None:
         where = RunDir(Path(run.run_dir)).read_info()  # the trainer stores its W&B URL or sync command
         if where.get("wandb_url") or where.get("wandb_sync"):
             print(f"    W&B {where.get('wandb_url') or where.get('wandb_sync')}", file=out)
+        for line in incidents.summary(RunDir(Path(run.run_dir)).incidents):  # a rank that went silent, hosts excluded
+            print(f"    {line}", file=out)
 
 
 def describe(record: Record, out: IO[str], then: str = "python -m launch") -> None:

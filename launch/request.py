@@ -53,9 +53,16 @@ class Request:
     max_requeues: int = option(3, "requeues allowed after timeouts and preemptions", least=0)
     array_parallelism: int | None = option(None, "sweep runs running at once (SLURM's job array throttle, %N)",
                                            least=1, submitit="slurm_array_parallelism")
+    exclude: str | None = option(None, "hosts the job never uses, comma-separated (an elastic job adds the hosts "
+                                       "that fail)", metavar="HOSTS", submitit="slurm_exclude")
+    min_nodes: int | None = option(None, "elastic job: the fewest nodes to train on; submits --nodes=MIN-MAX "
+                                         "--no-kill, one torchrun per node, and a lost node shrinks the job", least=1)
+    max_restarts: int = option(3, "elastic job: torchrun restarts of the workers on each node", least=0)
+    max_node_failures: int = option(2, "elastic job: hosts that may fail (each excluded on requeue) before a "
+                                       "requeue is refused", least=0)
     sbatch: tuple[tuple[str, str | bool], ...] = option(
         (), "any other sbatch option, passed to SLURM as is (repeat the flag; in a profile, an sbatch: mapping): "
-            "gres=gpu:4, exclude=node7, reservation=R, mail-type=END; a bare KEY is a switch (exclusive)",
+            "gres=gpu:4, reservation=R, mail-type=END; a bare KEY is a switch (exclusive)",
         metavar="KEY=VALUE", submitit="slurm_additional_parameters")
     setup: tuple[str, ...] = option((), "shell lines run in the job before python (module loads, venv activation); "
                                         "they are shell and run as written", metavar="LINES", submitit="slurm_setup")
@@ -93,6 +100,8 @@ class Request:
                                                          ("qos", self.qos)) if value]
         if self.executor == "slurm":
             parts.append(f"time {self.time_min} min")
+        if self.min_nodes is not None:
+            parts.append(f"elastic: {self.min_nodes}-{self.nodes} nodes")
         return f"{self.executor}: " + ", ".join(parts)
 
 

@@ -125,3 +125,55 @@ def test_the_config_modules_do_not_import_torch() -> None:
     code = "import sys, ae_dist.config, ae_dist.cli, ae_dist.errors; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# The launcher: --print-config and --dry-run submit nothing and write nothing -----------------------------------
+
+def test_launch_print_config_is_the_resolved_config(tmp_path: Path) -> None:
+    result = command("launch", "optim.lr=3e-3", "--print-config", "--config", "digits", "--nodes", "2", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "printed.yaml").write_text(result.stdout, encoding="utf-8")
+    assert load_config(tmp_path / "printed.yaml") == load_config("digits", ["optim.lr=3e-3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "printed.yaml"]  # clean_env's home, and ours
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--nodes", "2", "--sbatch", "mail-type=END", "--time", "90"],
+     ["#SBATCH --nodes=2", "#SBATCH --mail-type=END", "#SBATCH --time=90", "#SBATCH --requeue", "srun "]),
+    (["--nodes", "2", "--min-nodes", "1", "--exclude", "n7,n[8-9]", "--max-node-failures", "1"],
+     ["#SBATCH --nodes=1-2", "#SBATCH --no-kill", "#SBATCH --exclude='n7,n[8-9]'", "elastic: 1-2 nodes",
+      "-m launch.elastic settle", "--max-node-failures 1"]),
+    (["--sweep", "optim.lr=1e-3,3e-3", "--array-parallelism", "1"], ["#SBATCH --array=0-1%1", "job array of 2 runs"]),
+    (["--executor", "local", "--tasks-per-node", "2"], ["submitit local executor parameters:", "tasks_per_node: 2"]),
+])
+def test_launch_dry_run_prints_the_job_and_submits_nothing(tmp_path: Path, args: list[str], shown: list[str]) -> None:
+    fake_bin = tmp_path / "bin"  # an sbatch that would leave a mark if anything called it
+    fake_bin.mkdir()
+    for tool in ("sbatch", "sinfo", "squeue", "sacct"):
+        (fake_bin / tool).write_text(f"#!/bin/sh\ntouch {tmp_path}/called-{tool}\nexit 1\n")
+        (fake_bin / tool).chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = clean_env(tmp_path) | {"PYTHONPATH": str(REPO), "PATH": f"{fake_bin}:/usr/bin:/bin"}
+    result = subprocess.run([PYTHON, "-m", "launch", "--dry-run", "--config", "digits", *args,
+                             "run.dir=runs/{date}/{wandb_run_id}"], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("dry run, nothing submitted"), result.stdout
+    for needle in shown:
+        assert needle in result.stdout, (needle, result.stdout)
+    assert "<new-run-id>" in result.stdout
+    assert list(work.iterdir()) == [] and not list(tmp_path.glob("called-*")), list(tmp_path.glob("called-*"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--max-restarts", "2"], "--max-restarts is for elastic jobs (--max-restarts): add --min-nodes N"),
+    (["--nodes", "2", "--min-nodes", "3"], "--min-nodes 3 is more than --nodes 2"),
+    (["--nodes", "2", "--min-nodes", "1", "--exclude", "n1;reboot"], "not a host list 'n1;reboot' (--exclude)"),
+    (["--min-nodes", "1", "--executor", "local"], "elastic jobs (--min-nodes) are one SLURM job"),
+    (["--sbatch", "exclude=n1"], "sbatch option exclude is the launcher's own"),
+])
+def test_impossible_elastic_requests_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    line = one_error_line(command("launch", "--dry-run", "--config", "digits", *args, "run.dir=r", tmp=tmp_path))
+    assert needle in line, line
+    assert not (tmp_path / "r").exists()

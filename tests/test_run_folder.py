@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,13 @@ def test_workers_die_with_a_killed_torchrun_agent_and_the_rerun_matches(referenc
     rerun = run_train(args, tmp_path, nproc=2)
     assert "taking over the lease" in rerun.stderr, rerun.stderr[-2000:]
     same_weights(run_dir, reference)
+    info = json.loads((run_dir / "run.json").read_text())  # both starts recorded: the torchrun command, hosts, code
+    host = socket.gethostname()
+    assert [(s["hosts"], s["world_size"]) for s in info["launches"]] == [([host, host], 2)] * 2, info["launches"]
+    for start in info["launches"]:
+        assert "torch.distributed.run --standalone --nproc_per_node=2 -m ae_dist.train" in start["command"], start
+        assert len(start["git_sha"]) == 40 and isinstance(start["git_dirty"], bool) and start["job"].startswith("torchrun-")
+    assert info["command"] == info["launches"][0]["command"] and info["git_sha"] == info["launches"][0]["git_sha"]
     report("kill -9 of the torchrun agent alone", f"SIGKILL to torchrun's agent (2 workers) after checkpoint "
            f"{steps_then[0]}", "both workers saw their parent gone and exited within 30 s, writing nothing more; "
            "the rerun took over the lease and ended bitwise equal", "steps since the last checkpoint", "none")
