@@ -10,9 +10,10 @@
 #   bash .ci/compat.sh test                # the subset, in the venvs that install made
 #   bash .ci/compat.sh all 2.15.0:0.29.2   # one torch:torchvision pair
 #
-# pip reads the machine's pip configuration (its local wheel indexes included) but not its
-# constraint file, which may cap torch below the newest release, nor its find-links folder, whose
-# CPU-only torch file would shadow the PyPI build that PyPI's torchvision needs. The releases
+# pip reads the machine's pip configuration (its local wheel folders and indexes) but not its
+# constraint file, which may cap torch below the newest release; `===` asks for the exact release,
+# so that a local CPU-only file (2.13.0+cpu) cannot stand in for the PyPI build that PyPI's
+# torchvision needs. The releases
 # on PyPI are CUDA builds (about 5 GB a venv), which run on the CPU; each venv is removed after
 # its test. The main .venv is not touched.
 set -uo pipefail
@@ -47,8 +48,8 @@ install_pair() {  # torch:torchvision -> $WORK/torch-VERSION, and its install.lo
   local venv=$WORK/torch-$torch_version log=$WORK/install-$torch_version.log start=$SECONDS
   rm -rf "$venv" && mkdir -p "$WORK"
   if ! { "$PYTHON" -m venv "$venv" &&
-         PIP_CONSTRAINT=/dev/null PIP_FIND_LINKS="" "$venv/bin/pip" install -q --no-input \
-           "torch==$torch_version" "torchvision==$vision_version" "${REQUIREMENTS[@]}" > "$log" 2>&1; }; then
+         PIP_CONSTRAINT=/dev/null "$venv/bin/pip" install -q --no-input \
+           "torch===$torch_version" "torchvision===$vision_version" "${REQUIREMENTS[@]}" > "$log" 2>&1; }; then
     echo "torch $torch_version: install FAILED"; tail -n 30 "$log"; rm -rf "$venv"; return 1
   fi
   echo "torch $torch_version: installed in $((SECONDS - start)) s, venv $(du -sh "$venv" | cut -f1): $("$venv/bin/python" -c '

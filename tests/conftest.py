@@ -31,3 +31,13 @@ def _no_process_left_behind() -> Iterator[None]:
     """Whatever a test started through `tests.helpers.processes.Job` and left running is killed after it."""
     yield
     kill_leftovers()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) the tests that use the local
+    SLURM cluster run on one worker, one after another: each needs the nodes idle, and one takes a node's
+    network down. Every other test goes to whichever worker is free."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if "slurm_cluster" in item.fixturenames or params is not None and "slurm" in params.id.split("-"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
