@@ -6,7 +6,10 @@ The names below stay importable as ``from conftest import ...``; new code import
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +26,7 @@ from tests.helpers.commands import (  # noqa: F401  (re-exported)
 )
 from tests.helpers.fixtures import reference_runs  # noqa: F401  (a fixture, session-wide)
 from tests.helpers.processes import kill_leftovers
-from tests.helpers.slurm import slurm_cluster  # noqa: F401  (the local SLURM cluster, session-wide)
+from tests.helpers.slurm import DEFAULT_STATE_DIR, slurm_cluster  # noqa: F401  (the local SLURM cluster, session-wide)
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +36,29 @@ def _no_process_left_behind() -> Iterator[None]:
     kill_leftovers()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def uses_slurm(item: pytest.Item) -> bool:
+    """A test that runs jobs on the local SLURM cluster (its fixture, or a `slurm` parameter that asks for it)."""
+    params = getattr(item, "callspec", None)
+    return "slurm_cluster" in getattr(item, "fixturenames", ()) or params is not None and "slurm" in params.id.split("-")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) the tests that use the local
     SLURM cluster run on one worker, one after another: each needs the nodes idle, and one takes a node's
-    network down. Every other test goes to whichever worker is free."""
-    for item in items:
-        params = getattr(item, "callspec", None)
-        if "slurm_cluster" in item.fixturenames or params is not None and "slurm" in params.id.split("-"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+    network down. Every other test goes to whichever worker is free. (Marked as each test is collected:
+    pytest-xdist reads the marks in its own pytest_collection_modifyitems.)"""
+    if uses_slurm(item):
+        item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+@pytest.fixture(autouse=True)
+def _one_slurm_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Whatever schedules them, two SLURM tests never run at once: each holds this lock while it runs."""
+    if not uses_slurm(request.node):
+        yield
+        return
+    state_dir = Path(os.environ.get("AE_DIST_SLURM_STATE", DEFAULT_STATE_DIR))  # as the slurm_cluster fixture
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "one-test-at-a-time.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
