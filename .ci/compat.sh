@@ -82,7 +82,7 @@ test_pair() {  # torch:torchvision -> a summary line in $SUMMARY; status 1 if an
   local files
   mapfile -t files < <(grep -l '^@pytest.mark.compat' tests/test_*.py)
   echo "-- pytest -m compat (${files[*]})"
-  env "${env_vars[@]}" "$venv/bin/python" -m pytest "${files[@]}" -m compat -k "$ONLY" -q -p no:cacheprovider \
+  env "${env_vars[@]}" "$venv/bin/python" -m pytest "${files[@]}" -m compat -k "$ONLY" -q -n 2 --dist loadgroup -p no:cacheprovider \
     --basetemp="$tmp/pytest" > "$tmp/pytest.log" 2>&1
   status=$?
   grep -v '\[...%\]$' "$tmp/pytest.log" | tail -n 40

@@ -100,7 +100,8 @@ def test_a_second_launch_on_a_live_folder_exits_2_and_the_first_run_is_untouched
                                "(job none) since "), line
         assert line.endswith("(run.dir): wait for it, cancel it, or choose another run.dir"), line
         if nproc == 2:
-            assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: 2", second.stderr), second.stderr[-3000:]
+            # the root cause torchrun names is a worker's exit 2 (whichever rank ended first; it stops the other)
+            assert re.search(r"rank\s*: [01] \(local_rank: [01]\)\s+exitcode\s*: 2", second.stderr), second.stderr[-3000:]
     assert folder_digest(run_dir, but="wandb") == before
     os.kill(first.procs[0].pid, signal.SIGCONT)
     assert first.wait() == [0], first.output()[-3000:]
