@@ -62,7 +62,7 @@ test_pair() {  # torch:torchvision -> a summary line in $SUMMARY; status 1 if an
   local torch_version=${1%%:*}
   local venv=$WORK/torch-$torch_version tmp=$WORK/run-$torch_version start=$SECONDS
   echo
-  echo "== torch $torch_version: $(cat "$WORK/installed-$torch_version.txt" 2>/dev/null || echo 'not installed')"
+  echo "== $(cat "$WORK/installed-$torch_version.txt" 2>/dev/null || echo "torch $torch_version: not installed")"
   if [[ ! -x $venv/bin/python ]]; then
     SUMMARY+=("torch $torch_version: not installed (see the install lines above)"); return 1
   fi
