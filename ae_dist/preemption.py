@@ -92,6 +92,16 @@ class StopSignals:
             for signum in data:
                 self._record(signum)
 
+    def exiting(self) -> None:
+        """Ignore stop signals from here: the process is on its way out with its exit status.
+
+        A launcher that sees one worker exit non-zero (torchrun, srun --kill-on-bad-exit)
+        SIGTERMs the rest; a rank still in interpreter shutdown, where Python has put the
+        default handlers back, would die of it and be reported as killed instead of its 75.
+        """
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+
     def restore(self) -> None:
         """Hand the signals back to whoever had them (submitit's requeue handler, for one)."""
         for sig, handler in self._previous.items():

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return trainer.dry_run(config)
     result = trainer.run(config, stop)
-    return exit_status(result.signal) if result.status == "preempted" else 0
+    if result.status != "preempted":
+        return 0
+    stop.exiting()  # every rank has stopped at the same step, its work saved
+    return exit_status(result.signal)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
+    stopped_by = None
     try:
         stop.phase, at_max = TRAINING, False  # from here a stop signal means: checkpoint at the next step boundary
         while not is_complete(cfg, state.epoch, state.step):
@@ -131,26 +132,30 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                 rank_clock.step_done(state.batch)
                 if stopped_by:
                     t.say(stopped_line(stopped_by, state.step))
-                    return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
+                    break
                 if at_max:
                     t.say(f"reached train.max_steps={cfg.train.max_steps} at step {state.step}, "
                           f"in epoch {state.epoch + 1}; a larger train.max_steps continues the run")
                     break
-            if at_max:
+            if at_max or stopped_by:
                 break
             window.fold(state, info)
             elapsed = time.perf_counter() - started
             end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
-        stop.phase = FINISHING  # from here a stop signal changes nothing: the wrap-up finishes, exit 0
+        stop.phase = FINISHING  # from here a stop signal changes nothing: the wrap-up finishes
         progress.close()
-        if info.is_main:
+        if info.is_main and not stopped_by:
             finish(t)
             monitor.log_model(t.run_dir.model, state.step, state.epoch)  # before W&B closes
     finally:
         stop.phase = FINISHING
         progress.close()
         monitor.close()
+    # Every rank waits for rank 0's wrap-up (final weights, W&B, metrics): a rank that exits
+    # first would have torchrun or srun end rank 0 half-way through it.
     barrier(info)
+    if stopped_by:
+        return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
     return RunResult("completed", t.run_dir.root, state.step)
 
 
