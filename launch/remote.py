@@ -28,6 +28,7 @@ from launch.jobs import Record, unpack
 REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT_S = 10
 SSH_UNREACHABLE = 255
+SSH_EXIT_WAIT_S = 5  # after Ctrl-C: how long ssh gets to close its session before it is killed
 SUBMISSION_CONFIG = ".submission-config.yaml"
 HAS_DEPS = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('submitit', 'torch', 'yaml')))"
 NO_PYTHON_DEPS = ("error: python3 on %s cannot import torch, submitit and yaml (--remote-setup): activate the "
@@ -158,7 +159,11 @@ def passthrough(remote: Remote, args: list[str]) -> int:
             code = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=SSH_EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:  # ssh still mid-connection, or wedged: it holds our stdout open
+                proc.kill()
+                proc.wait()
             raise
     if code == SSH_UNREACHABLE:
         remote._unreachable(err)

@@ -143,12 +143,27 @@ def test_ctrl_c_on_remote_logs_leaves_no_follower(slurm_cluster: SlurmCluster, l
             return found
 
         session = [*wait_for(remote_followers, 120, "the follower on the login node"), *server.children()]
+        laptop_side = [psutil.Process(follower.pid), *psutil.Process(follower.pid).children(recursive=True)]
         os.kill(follower.pid, signal.SIGINT)
-        _, err = follower.communicate(timeout=30)
+        try:
+            _, err = follower.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"30 s after SIGINT the laptop side is {_described(laptop_side)}, the login node's "
+                        f"{_described(session)}")
         assert follower.returncode == 130 and "Traceback" not in err, err
         wait_for(lambda: not any(_alive(proc) for proc in session), 5, "the login node's follower to exit")
     finally:
         laptop.cancel([job])
+
+
+def _described(procs: list[psutil.Process]) -> str:
+    seen = []
+    for proc in procs:
+        try:
+            seen.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]!r}")
+        except psutil.NoSuchProcess:
+            seen.append(f"{proc.pid} gone")
+    return "; ".join(seen)
 
 
 def _alive(proc: psutil.Process) -> bool:
