@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,27 @@ def _no_process_left_behind() -> Iterator[None]:
     """Whatever a test started through `tests.helpers.processes.Job` and left running is killed after it."""
     yield
     kill_leftovers()
+
+
+INHERITED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handling_left_as_it_was() -> Iterator[None]:
+    """A test that leaves a signal ignored or blocked in this process leaves it so in every process the
+    later tests start (both are inherited): a launcher that never sees its Ctrl-C, an ssh that ignores
+    SIGTERM. Such a test fails here, and the handling is put back for the next one."""
+    before = {sig: signal.getsignal(sig) for sig in INHERITED_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    changed = [sig.name for sig in INHERITED_SIGNALS if signal.getsignal(sig) != before[sig]]
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    for sig, handler in before.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+    if changed or blocked != mask:
+        pytest.fail(f"the test left signal handling changed: handlers of {changed}, blocked {sorted(blocked)} "
+                    f"instead of {sorted(mask)}", pytrace=False)
 
 
 def uses_slurm(item: pytest.Item) -> bool:

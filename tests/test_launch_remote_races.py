@@ -157,11 +157,14 @@ def test_ctrl_c_on_remote_logs_leaves_no_follower(slurm_cluster: SlurmCluster, l
 
 
 def _described(procs: list[psutil.Process]) -> str:
+    """Each process: pid, state, command, and its signal lines from /proc (pending, blocked, ignored, caught)."""
     seen = []
     for proc in procs:
         try:
-            seen.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]!r}")
-        except psutil.NoSuchProcess:
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            signals = " ".join(line.replace(":\t", "=") for line in status if line.startswith(("SigPnd", "ShdPnd", "Sig")))
+            seen.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]!r} {signals}")
+        except (psutil.NoSuchProcess, FileNotFoundError):
             seen.append(f"{proc.pid} gone")
     return "; ".join(seen)
 
