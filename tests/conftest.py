@@ -37,6 +37,17 @@ def _no_process_left_behind() -> Iterator[None]:
     kill_leftovers()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The processes the tests start get a terminal job's signal handling. A test run started in the
+    background of a script (`pytest ... &`, nohup) ignores SIGINT and SIGQUIT (nohup: SIGHUP too),
+    and what a process ignores, every process it starts ignores: a launcher would never see the
+    Ctrl-C a test sends it, nor its ssh the SIGTERM. (Under pytest-xdist each worker runs this too.)"""
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGQUIT, signal.SIG_DFL),
+                         (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
 INHERITED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -46,16 +57,23 @@ def _signal_handling_left_as_it_was() -> Iterator[None]:
     later tests start (both are inherited): a launcher that never sees its Ctrl-C, an ssh that ignores
     SIGTERM. Such a test fails here, and the handling is put back for the next one."""
     before = {sig: signal.getsignal(sig) for sig in INHERITED_SIGNALS}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    ignored, mask = _ignored_here(), signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     changed = [sig.name for sig in INHERITED_SIGNALS if signal.getsignal(sig) != before[sig]]
-    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    now_ignored, blocked = _ignored_here(), signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for sig, handler in before.items():
         if handler is not None:
-            signal.signal(sig, handler)
-    if changed or blocked != mask:
+            signal.signal(sig, handler)  # also where C code changed it behind Python's back
+    if changed or blocked != mask or now_ignored != ignored:
         pytest.fail(f"the test left signal handling changed: handlers of {changed}, blocked {sorted(blocked)} "
-                    f"instead of {sorted(mask)}", pytrace=False)
+                    f"instead of {sorted(mask)}, ignored {now_ignored} instead of {ignored}", pytrace=False)
+
+
+def _ignored_here() -> list[str]:
+    """The signals this process ignores, as the kernel has it (C code can change it without Python knowing)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("SigIgn:"))
+    bits = int(line.split()[1], 16)
+    return [signal.Signals(n).name for n in range(1, 32) if bits >> (n - 1) & 1]
 
 
 def uses_slurm(item: pytest.Item) -> bool:
