@@ -101,7 +101,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
-    stopped_by = None
+    stopped_by = 0  # the signal number that stopped the run, agreed by every rank
     try:
         stop.phase, at_max = TRAINING, False  # from here a stop signal means: checkpoint at the next step boundary
         while not is_complete(cfg, state.epoch, state.step):

@@ -162,7 +162,7 @@ def _described(procs: list[psutil.Process]) -> str:
     for proc in procs:
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-            signals = " ".join(line.replace(":\t", "=") for line in status if line.startswith(("SigPnd", "ShdPnd", "Sig")))
+            signals = " ".join(line.replace(":\t", "=") for line in status if line.startswith(("Sig", "ShdPnd")))
             seen.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]!r} {signals}")
         except (psutil.NoSuchProcess, FileNotFoundError):
             seen.append(f"{proc.pid} gone")
