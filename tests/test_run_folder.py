@@ -238,8 +238,8 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     # steps from the 6th on take 60 s: both Ctrl-Cs land inside one step, however busy the machine
     job = Job.start([*TINY, f"run.dir={run_dir}"], tmp_path,
                     env=hook_env(tmp_path, "slow_steps", SLOW_STEP_S="60", SLOW_FROM_STEP="6"))
-    job.wait_for_step(5)
-    job.signal(signal.SIGINT)
+    wait_for(lambda: "slow step 6: 60 s" in job.output() or job.check_running(), 120, "step 6 to be running")
+    job.signal(signal.SIGINT)  # inside step 6: the next step boundary is 60 s away
     wait_for(lambda: "interrupted: stopping at the next step boundary" in job.output() or job.check_running(), 50,
              "the first Ctrl-C to be seen")
     job.signal(signal.SIGINT)  # within the 60 s step: the first has not been acted on yet
