@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ae_dist import checkpoint, data, engine, resume
-from ae_dist.agree import check_every_rank_sees, load_agreed, on_rank0
+from ae_dist import data, engine
 from ae_dist.config import Config, dump_yaml, to_dict
-from ae_dist.dist import DistInfo, barrier
+from ae_dist.dist.group import DistInfo, barrier
 from ae_dist.errors import UsageError
-from ae_dist.lease import Lease
 from ae_dist.models import build_model
-from ae_dist.run_dir import RunDir
+from ae_dist.run import checkpoint, resume
+from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
+from ae_dist.run.folder import RunDir
+from ae_dist.run.lease import Lease
 
 
 @dataclass

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from ae_dist.checkpoint import TrainState
 from ae_dist.config import OptimConfig, TrainConfig
 from ae_dist.data import Split
-from ae_dist.dist import DistInfo, all_reduce_
+from ae_dist.dist.group import DistInfo, all_reduce_
 from ae_dist.errors import Diverged
+from ae_dist.run.checkpoint import TrainState
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Adam:

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ae_dist.cli import evaluate_args
 from ae_dist.config import Config, load_saved
+from ae_dist.config.cli import evaluate_args
 from ae_dist.errors import UsageError, reporting
-from ae_dist.metrics import read_metrics
-from ae_dist.run_dir import RunDir
+from ae_dist.run.folder import RunDir
+from ae_dist.run.metrics import read_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,7 @@ def load_weights(folder: RunDir) -> tuple[dict[str, Any], str]:
     """The final weights (model.pt), else the newest complete checkpoint's, and where they came from."""
     import torch
 
-    from ae_dist import checkpoint
+    from ae_dist.run import checkpoint
 
     if folder.model.is_file():
         try:
@@ -80,8 +80,9 @@ def draw(model: torch.nn.Module, config: Config, folder: RunDir, source: str) ->
     """Test loss over the whole test split, and the pictures in RUN/eval/."""
     import torch
 
-    from ae_dist import data, engine, plots
-    from ae_dist.dist import DistInfo
+    from ae_dist import data, engine
+    from ae_dist.dist.group import DistInfo
+    from ae_dist.monitor import plots
 
     test = data.load_split(config.data, train=False)
     info = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ae_dist import cli
-from ae_dist.config import Config, dump_yaml
+from ae_dist.config import Config, cli, dump_yaml
+from ae_dist.dist.preemption import StopSignals, exit_status
 from ae_dist.errors import reporting
-from ae_dist.preemption import StopSignals, exit_status
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
-    """Flags and key=value overrides in any order (`ae_dist.cli`); the config they make, validated."""
+    """Flags and key=value overrides in any order (`ae_dist.config.cli`); the config they make, validated."""
     return cli.train_args(argv, cli.train_parser())
 
 

@@ -2,38 +2,38 @@
 epoch's end, the final weights and pictures, and a dry run.
 
 `ae_dist.build` makes what the loop needs; `ae_dist.engine` holds one step, the loss window and
-the evaluation; `ae_dist.checkpoint.Checkpointer` owns when checkpoints are written. The command
+the evaluation; `ae_dist.run.checkpoint.Checkpointer` owns when checkpoints are written. The command
 line is `ae_dist.train`.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ae_dist import data, engine, plots, ranks
+from ae_dist import data, engine
 from ae_dist.build import Training, build, check_split_sizes, is_complete, load_data, wrap
-from ae_dist.checkpoint import write_atomic
 from ae_dist.config import Config, check_world_size, to_dict
-from ae_dist.console import Progress
-from ae_dist.dist import barrier, cpu_threads, distributed, read_env
+from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
+from ae_dist.dist.job import Job
+from ae_dist.dist.liveness import die_with_launcher
+from ae_dist.dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
 from ae_dist.errors import AeDistError, as_error
-from ae_dist.lease import job_id
-from ae_dist.liveness import die_with_launcher
-from ae_dist.metrics import read_metrics
 from ae_dist.models import build_model
-from ae_dist.monitor import Monitor, NullMonitor
-from ae_dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
-from ae_dist.run_dir import RunDir, agree_run_dir, record_launch, wandb_run_id
-from ae_dist.wandb_run import check_credentials
+from ae_dist.monitor import plots, ranks
+from ae_dist.monitor.console import Progress
+from ae_dist.monitor.monitor import Monitor, NullMonitor
+from ae_dist.monitor.wandb_run import check_credentials
+from ae_dist.run.agree import agree_run_dir
+from ae_dist.run.checkpoint import write_atomic
+from ae_dist.run.folder import RunDir, record_launch
+from ae_dist.run.identity import wandb_run_id
+from ae_dist.run.metrics import read_metrics
 
 PICTURE_COUNT = 10
-TEST_HOOK = "AE_DIST_TEST_HOOK"  # a module imported at start that may change behaviour (tests only)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     that failed says so (`ae_dist.errors.say`), unless every rank raised it alike.
     """
     stop = stop or StopSignals.install()
-    if os.environ.get(TEST_HOOK):  # here, not in `main`: submitit's tasks call `run` directly
-        importlib.import_module(os.environ[TEST_HOOK])
     env = read_env()
     check_world_size(config, int(env.get("WORLD_SIZE", "1")))  # before any rank waits for the others
     check_credentials(config.wandb)  # wandb.mode=online without credentials: exit 2 before any work
@@ -97,7 +95,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     optimizer_step = engine.FusedAdamStep(t.optimizer)
     rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
     if info.is_main:  # this start in run.json: the command as launched, every rank's host, the code's version
-        record_launch(t.run_dir, rank_clock.hosts, job_id())
+        record_launch(t.run_dir, rank_clock.hosts, Job.from_env().id)
     monitor = open_monitor(t, rank_clock.hosts)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)

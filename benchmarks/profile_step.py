@@ -42,8 +42,8 @@ import torch.distributed as dist
 from ae_dist import data, engine, trainer
 from ae_dist.build import Training, build
 from ae_dist.config import Config, check_world_size, load_config
-from ae_dist.dist import DistInfo, cpu_threads, distributed
-from ae_dist.preemption import StopSignals
+from ae_dist.dist.group import DistInfo, cpu_threads, distributed
+from ae_dist.dist.preemption import StopSignals
 
 PHASES = ("data", "forward", "backward", "optimizer", "loop")
 

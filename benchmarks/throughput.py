@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers.idx_files import has_fashion_mnist, write_fashion_mnist
+from benchmarks.idx_files import has_fashion_mnist, write_fashion_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -72,7 +72,7 @@ class Runs:
 # ---------------------------------------------------------------------------------------------- data
 
 def data_folder(root: Path) -> Path:
-    """Synthetic images in torchvision's FashionMNIST/raw layout (tests.helpers.idx_files), written once."""
+    """Synthetic images in torchvision's FashionMNIST/raw layout (benchmarks.idx_files), written once."""
     if not has_fashion_mnist(root):
         write_fashion_mnist(root, train=TRAIN_SIZE, test=TEST_SIZE)
     return root

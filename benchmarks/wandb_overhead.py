@@ -70,7 +70,7 @@ def timed(function: Callable, name: str) -> Callable:
 def time_monitoring() -> None:
     """Every piece of W&B and per-rank timing that runs in the training loop, wrapped by `timed`
     (the wrappers' own cost counts too: the figure errs high)."""
-    from ae_dist import monitor, ranks, wandb_run
+    from ae_dist.monitor import monitor, ranks, wandb_run
 
     for cls, names in ((ranks.RankClock, ("_forward", "_grad_ready", "step_done", "gather")),
                        (monitor.Monitor, ("log_ranks", "log_checkpoint")),
@@ -101,7 +101,7 @@ def probe(argv: list[str], bare: bool) -> int:
     children: on a machine that other work keeps busy, wall-clock throughput varies by tens of
     percent between runs, CPU time per step much less.
     """
-    from ae_dist import ranks
+    from ae_dist.monitor import ranks
     from benchmarks import ae_dist_probe
     from benchmarks.clock import StepClock
 

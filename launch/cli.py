@@ -32,8 +32,8 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from ae_dist import lease
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UsageError, reporting
+from ae_dist.run import lease
 from launch import checks, jobs, plan, profiles, remote, request, shell
 from launch.request import Request
 

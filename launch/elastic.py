@@ -26,12 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from ae_dist import incidents
 from ae_dist.config import Config, check_world_size, dump_yaml, load_config
+from ae_dist.dist import incidents
+from ae_dist.dist.job import Job
 from ae_dist.errors import UsageError, reporting
-from ae_dist.lease import job_id
-from ae_dist.run_dir import RunDir
+from ae_dist.run.folder import RunDir
 from launch.node import check_torch, node_plan, run_node
+from launch.request import make_executor
 from launch.requeue import settle
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class ElasticJob:
         paths = submitit.JobEnvironment().paths
         folder = incidents_of(self.run_dir)
         plan = node_plan(self.spec.min_nodes, self.nproc, self.spec.max_restarts,
-                         incidents.failed_hosts(folder, job_id()))
+                         incidents.failed_hosts(folder, Job.from_env().id))
         config_file = paths.folder / f"{plan.job}_{plan.host}_config.yaml"  # re-read by each torchrun restart
         config_file.write_text(self.config_yaml, encoding="utf-8")
         status = run_node(plan, ["--config", str(config_file)], Path(self.run_dir))
@@ -76,8 +77,6 @@ def incidents_of(run_dir: str | Path) -> Path:
 
 def executor(request: Request, spec: ElasticSpec, folder: Path, config: Config) -> submitit.AutoExecutor:
     """submitit's executor for an elastic job: one task per node, --nodes=MIN-MAX --no-kill, settled after srun."""
-    from launch.submit import make_executor
-
     per_node = replace(request, tasks_per_node=1, cpus_per_task=request.cpus_per_task and
                        request.cpus_per_task * request.ranks_per_node)
     made = make_executor(per_node, folder)
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = trainer_run_dir(args.run_dir, trainer_args)  # a bad config ends here, before torchrun starts
     if args.command == "settle":
         return settle(args.status, run_dir, args.max_node_failures, args.max_requeues)
-    skip = incidents.failed_hosts(RunDir(run_dir).incidents, job_id())
+    skip = incidents.failed_hosts(RunDir(run_dir).incidents, Job.from_env().id)
     plan = node_plan(args.min_nodes, args.nproc_per_node, args.max_restarts, skip)
     return run_node(plan, trainer_args, run_dir)
 

@@ -21,9 +21,9 @@ import submitit
 import ae_dist
 from ae_dist import trainer
 from ae_dist.config import Config
-from ae_dist.dist import master_port
+from ae_dist.dist.job import master_port
+from ae_dist.dist.preemption import StopSignals, exit_status
 from ae_dist.errors import AeDistError, as_error, say
-from ae_dist.preemption import StopSignals, exit_status
 
 SINGLE_HOST_EXECUTORS = ("local", "debug")
 

@@ -24,10 +24,10 @@ from typing import IO
 
 import yaml
 
-from ae_dist import incidents
+from ae_dist.dist import incidents
 from ae_dist.errors import UsageError
-from ae_dist.metrics import read_metrics
-from ae_dist.run_dir import RunDir
+from ae_dist.run.folder import RunDir
+from ae_dist.run.metrics import read_metrics
 
 REGISTRY = Path("runs") / "jobs.jsonl"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",

@@ -3,9 +3,9 @@
     python -m launch.elastic node --min-nodes 1 -- --config configs/digits.yaml run.dir=runs/elastic
 
 The node's launcher starts `torchrun --nnodes=MIN:MAX` (c10d rendezvous on the first host of
-the job that has not failed, port `ae_dist.dist.master_port(job id)`), beats this host's
+the job that has not failed, port `ae_dist.dist.job.master_port(job id)`), beats this host's
 counter in the rendezvous store (so a silent rank whose host still beats is known to have
-hung: `ae_dist.liveness`), and every second looks in ``run.dir/incidents/`` for an incident of
+hung: `ae_dist.dist.liveness`), and every second looks in ``run.dir/incidents/`` for an incident of
 this start of the job that names a hung host: then it ends torchrun (at once on that host),
 so that the job step ends on every node and `launch.requeue` requeues the job without it.
 Its exit status is the trainer's contract: 0 done, 75 stopped by a signal after a checkpoint
@@ -27,12 +27,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ae_dist import incidents
+from ae_dist.dist import incidents
+from ae_dist.dist.job import Job, expand_hosts, master_port
+from ae_dist.dist.preemption import STOP_SIGNALS, exit_status
 from ae_dist.errors import EXIT_FAILED, UsageError
-from ae_dist.lease import job_id
-from ae_dist.preemption import STOP_SIGNALS, exit_status
-from ae_dist.run_dir import RunDir
-from launch.requeue import expand_hosts, say
+from ae_dist.run.folder import RunDir
+from launch.requeue import say
 
 SIGNALS_INTRODUCED = (2, 10)  # torch 2.10 added torchrun --signals-to-handle (pytorch/pytorch#160690)
 FORWARDED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"  # torchrun's defaults, plus SLURM's warning signals
@@ -66,8 +66,6 @@ class NodePlan:
 
     @property
     def rdzv(self) -> tuple[str, int]:
-        from ae_dist.dist import master_port  # torch: not for --help
-
         return self.hosts[0], master_port(self.job)
 
     def torchrun(self, trainer_args: list[str]) -> list[str]:
@@ -134,19 +132,19 @@ def run_node(plan: NodePlan, trainer_args: list[str], run_dir: Path, env: dict[s
     """This node's torchrun, watched; its exit status as the trainer's contract says (75: stopped after a checkpoint)."""
     check_torch()
     env = dict(os.environ if env is None else env)
-    folder, job, restart = RunDir(run_dir).incidents, job_id(env), env.get("SLURM_RESTART_COUNT", "0")
+    folder, job, restart = RunDir(run_dir).incidents, Job.from_env(env).id, env.get("SLURM_RESTART_COUNT", "0")
     if plan.host not in plan.hosts:
         say(f"{plan.host} failed earlier in job {plan.job} ({folder}): it does not join this start")
         return 0
     if plan.nproc > 1 and env.get("SLURM_CPUS_PER_TASK"):  # the task's cores, shared by its processes
         env["SLURM_CPUS_PER_TASK"] = str(max(1, int(env["SLURM_CPUS_PER_TASK"]) // plan.nproc))
-    env["AE_DIST_HOST_BEATS"] = "{}:{}".format(*plan.rdzv)  # ae_dist.liveness: where this launcher beats
+    env["AE_DIST_HOST_BEATS"] = "{}:{}".format(*plan.rdzv)  # ae_dist.dist.liveness: where this launcher beats
     stop = StopRecorder()
     command = plan.torchrun(trainer_args)
     say(f"{plan.host} (job {plan.job}, restart {restart}): {shlex.join(command)}")
     proc = subprocess.Popen(command, env=env)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # here only: a store that goes away is no news
-    from ae_dist.liveness import HostBeat  # torch: imported while torchrun starts
+    from ae_dist.dist.liveness import HostBeat  # torch: imported while torchrun starts
 
     beat = HostBeat(*plan.rdzv, plan.host)
     hung: list[str] = []

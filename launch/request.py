@@ -18,9 +18,13 @@ import math
 import re
 import types
 from dataclasses import dataclass, field, fields
-from typing import Any, get_args, get_origin, get_type_hints
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 from ae_dist.errors import UsageError
+
+if TYPE_CHECKING:
+    import submitit
 
 EXECUTORS = ("slurm", "local", "debug")
 def option(default: Any, help: str, *, flag: str = "", metavar: str | None = None, choices: tuple[str, ...] = (),
@@ -273,3 +277,12 @@ def ssh_args(request: Request, cluster: str | None) -> list[str]:
             value = "\n".join(value) if isinstance(value, tuple) else value
             out += [f"{flag_of(f)}={value}"] if value.startswith("-") else [flag_of(f), value]
     return out
+
+
+def make_executor(request: Request, folder: Path) -> submitit.AutoExecutor:
+    """submitit's executor for ``request`` (it makes no folder until a job is submitted)."""
+    import submitit  # not for --help and request parsing
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=request.executor, slurm_max_num_timeout=request.max_requeues)
+    executor.update_parameters(**submitit_parameters(request))
+    return executor

@@ -24,26 +24,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ae_dist import incidents
+from ae_dist.dist import incidents
+from ae_dist.dist.job import Job, expand_hosts
 from ae_dist.errors import EXIT_PREEMPTED, printable
-from ae_dist.lease import job_id
-from ae_dist.run_dir import RunDir
+from ae_dist.run.folder import RunDir
 
 
 def say(line: str) -> None:
     print(f"elastic: {printable(line)}", flush=True)
-
-
-def expand_hosts(hostlist: str) -> list[str]:
-    """SLURM's compressed host list ("node[1-3],gpu7") as host names, in SLURM's order."""
-    if not hostlist or hostlist == "(null)":
-        return []
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True, timeout=30,
-                             check=True).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        out = []
-    return out or hostlist.split(",")
 
 
 def excluded_now(job: str) -> list[str]:
@@ -81,11 +69,11 @@ def settle(status: int, run_dir: Path, max_node_failures: int, max_requeues: int
     if folder.model.exists():
         say(f"run complete ({folder.model}); job step status {status}")
         return 0
-    failed_now = incidents.failed_hosts(folder.incidents, job_id(env), restart)
+    failed_now = incidents.failed_hosts(folder.incidents, Job.from_env(env).id, restart)
     if not failed_now and status != EXIT_PREEMPTED:
         say(f"the job step ended with status {status} and the run is not complete; see the logs above")
         return status or 1
-    failed = incidents.failed_hosts(folder.incidents, job_id(env))
+    failed = incidents.failed_hosts(folder.incidents, Job.from_env(env).id)
     reason = f"{', '.join(failed_now)} failed" if failed_now else "stopped by a signal after a checkpoint"
     if len(failed) > max_node_failures:
         print(f"error: {len(failed)} hosts failed in job {job} ({', '.join(failed)}) "
@@ -99,6 +87,6 @@ def settle(status: int, run_dir: Path, max_node_failures: int, max_requeues: int
     exclude = list(dict.fromkeys([*excluded_now(job), *failed]))
     with contextlib.suppress(OSError):
         incidents.write_verdict(folder.incidents, incidents.stamp_now(), {
-            "kind": "requeue", "job": job_id(env), "restart": restart, "reason": reason, "excluded": exclude})
+            "kind": "requeue", "job": Job.from_env(env).id, "restart": restart, "reason": reason, "excluded": exclude})
     say(f"{reason}; requeueing job {job}" + (f" without {','.join(exclude)}" if exclude else ""))
     return 0 if requeue(job, exclude) else 1

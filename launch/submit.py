@@ -25,21 +25,16 @@ from submitit.slurm.slurm import _make_sbatch_string as slurm_script
 
 from ae_dist.config import Config
 from ae_dist.errors import UsageError
-from ae_dist.run_dir import preview_template, resolve_template, wandb_group, wandb_run_id
-from ae_dist.wandb_run import wandb_mode
+from ae_dist.monitor.wandb_run import wandb_mode
+from ae_dist.run.identity import wandb_group, wandb_run_id
+from ae_dist.run.templates import preview_template, resolve_template
 from launch import shell
 from launch.job import TrainJob
 from launch.jobs import Record, Run, finished, remember, states
-from launch.request import Request, submitit_parameters
+from launch.request import Request, make_executor, submitit_parameters
 
 if TYPE_CHECKING:
     from launch.elastic import ElasticSpec
-
-
-def make_executor(request: Request, folder: Path) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=request.executor, slurm_max_num_timeout=request.max_requeues)
-    executor.update_parameters(**submitit_parameters(request))
-    return executor
 
 
 def with_folders(runs: list[Config], make: bool = True) -> list[Config]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ae_dist.cli import evaluate_args, train_args
 from ae_dist.config import leaf_fields, load_config
+from ae_dist.config.cli import evaluate_args, train_args
 from ae_dist.errors import UsageError
 from tests.helpers.commands import PYTHON, REPO, clean_env
 
@@ -122,7 +122,7 @@ def test_help_and_config_errors_load_nothing_heavy(tmp_path: Path, module: str, 
 
 
 def test_the_config_modules_do_not_import_torch() -> None:
-    code = "import sys, ae_dist.config, ae_dist.cli, ae_dist.errors; print('torch' in sys.modules)"
+    code = "import sys, ae_dist.config, ae_dist.config.cli, ae_dist.errors; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

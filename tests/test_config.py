@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ae_dist.cli import help_text
 from ae_dist.config import Config, build_config, choices, from_dict, leaf_fields, load_config, to_dict
-from ae_dist.config_types import convert
+from ae_dist.config.cli import help_text
+from ae_dist.config.types import convert
 from ae_dist.errors import UsageError
 from tests.helpers.commands import PYTHON, REPO, clean_env
 

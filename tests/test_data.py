@@ -11,8 +11,8 @@ import torch
 from ae_dist.config import DataConfig
 from ae_dist.data import EpochBatches, Split, load_split, synthetic_split
 from ae_dist.errors import UsageError
+from benchmarks.idx_files import write_fashion_mnist
 from tests.helpers.commands import PYTHON, REPO, clean_env
-from tests.helpers.idx_files import write_fashion_mnist
 
 
 def test_torchvision_layout_loads_as_uint8_tensors(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from test_launch_slurm import wait_ended
 
+from ae_dist.dist.incidents import failed_hosts, records
 from ae_dist.errors import UsageError
-from ae_dist.incidents import failed_hosts, records
 from launch.node import check_torch
 from launch.requeue import settle
 from tests.helpers.commands import PYTHON, REPO, TINY, assert_bitwise_equal, clean_env, load_weights, wait_for

@@ -1,7 +1,7 @@
 """One error path whatever started the ranks (issue 9): under submitit's local executor and on the
 local SLURM cluster, a NaN stop, a lost peer and a full disk end as under torchrun (tests/test_faults.py):
 exactly one `error:` line per failing rank, exit status 1, no traceback. And one rendezvous port for
-a job id with a non-numeric part, whether the sbatch path (`ae_dist.dist.read_env` in an srun task)
+a job id with a non-numeric part, whether the sbatch path (`ae_dist.dist.group.read_env` in an srun task)
 or the submitit path (`launch.job.torchrun_env`) derives it.
 
     /work/main/.venv/bin/python -m pytest tests/test_error_paths.py -q    # as root (tmpfs, SLURM)
@@ -20,7 +20,8 @@ import psutil
 import pytest
 import submitit
 
-from ae_dist.dist import master_port, read_env
+from ae_dist.dist.group import read_env
+from ae_dist.dist.job import master_port
 from ae_dist.errors import EXIT_FAILED
 from launch.job import torchrun_env
 from launch.jobs import Record

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ae_dist import data, evaluate, plots
-from ae_dist.metrics import read_metrics
+from ae_dist import data, evaluate
+from ae_dist.monitor import plots
+from ae_dist.run.metrics import read_metrics
 from tests.helpers.commands import PYTHON, REPO, clean_env
 
 PICTURES = ("recon.png", "latent.png", "loss.png")

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from ae_dist import data
-from ae_dist.checkpoint import load_latest
 from ae_dist.config import DataConfig
+from ae_dist.dist.preemption import EXIT_PREEMPTED
 from ae_dist.errors import UsageError
-from ae_dist.preemption import EXIT_PREEMPTED
+from ae_dist.run.checkpoint import load_latest
+from benchmarks.idx_files import write_fashion_mnist
 from tests.helpers.commands import (
     PYTHON,
     REPO,
@@ -41,7 +42,6 @@ from tests.helpers.commands import (
     train_cmd,
 )
 from tests.helpers.faults import fill_disk, one_clear_line, report, shown, tmpfs
-from tests.helpers.idx_files import write_fashion_mnist
 from tests.helpers.processes import Job, stop_process
 from tests.helpers.run_files import (
     checkpoint,

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ae_dist import checkpoint
 from ae_dist.config import load_config, to_dict
 from ae_dist.errors import UsageError
+from ae_dist.run import checkpoint
 from tests.helpers.commands import TINY, assert_bitwise_equal, load_weights, run_train
 from tests.helpers.interrupted import interrupted_run
 from tests.helpers.run_files import checkpoint as checkpoint_path

@@ -249,7 +249,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
 
 
 def test_the_launcher_refuses_a_folder_that_a_live_run_holds(tmp_path: Path) -> None:
-    from ae_dist.lease import Lease
+    from ae_dist.run.lease import Lease
 
     run_dir = tmp_path / "run"
     held = Lease(run_dir, 60)

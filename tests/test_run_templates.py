@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 from ae_dist.config import load_config
-from ae_dist.run_dir import RESOLVED, launch_key, read_run_info, resolve_template, template_problems
+from ae_dist.config.templates import template_problems
+from ae_dist.dist.job import Job
+from ae_dist.run.folder import read_run_info
+from ae_dist.run.templates import RESOLVED, resolve_template
 from tests.helpers.commands import PYTHON, REPO, TINY, clean_env, run_train, wait_for
 from tests.helpers.slurm import SlurmCluster
 
@@ -66,7 +69,7 @@ def test_concurrent_launches_get_one_folder_each(tmp_path, monkeypatch):
     ({"SLURM_JOB_ID": "12", "WANDB_SWEEP_ID": "sw1", "WANDB_RUN_ID": "r1"}, "wandb-r1"),
 ])
 def test_launch_key(env, key):
-    assert launch_key(env) == key
+    assert Job.from_env(env).launch_key == key
 
 
 @pytest.mark.parametrize("template", ["runs/{foo}", "runs/{}", "runs/{0}", "runs/{date:%Y}", "runs/{date!r}", "runs/{"])

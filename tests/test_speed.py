@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from ae_dist import engine
 from ae_dist.config import OptimConfig
 from ae_dist.data import EpochBatches, Split, synthetic_split
-from ae_dist.dist import DistInfo
+from ae_dist.dist.group import DistInfo
 from ae_dist.errors import Diverged
 from ae_dist.models import MLPAutoencoder
+from benchmarks.idx_files import write_fashion_mnist
 from tests.helpers.commands import REPO, clean_env
-from tests.helpers.idx_files import write_fashion_mnist
 
 CPU_ONLY = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
 
@@ -117,7 +117,7 @@ def test_batches_are_the_images_at_the_sampler_indices(world_size: int) -> None:
 
 
 def test_benchmark_idx_files_read_back_through_torchvision(tmp_path) -> None:
-    """benchmarks/throughput.py writes its data with tests.helpers.idx_files; torchvision reads it as written."""
+    """benchmarks/throughput.py writes its data with benchmarks.idx_files; torchvision reads it as written."""
     from torchvision import datasets
 
     write_fashion_mnist(tmp_path, train=5, test=3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ae_dist.console import Progress, write
+from ae_dist.monitor.console import Progress, write
 from tests.helpers.commands import PYTHON, REPO, clean_env
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

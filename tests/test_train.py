@@ -96,7 +96,7 @@ def test_evaluate_recomputes_the_test_loss(tmp_path: Path, reference_runs) -> No
 
 
 def test_threads_are_each_ranks_share_of_the_cores() -> None:
-    from ae_dist.dist import cpu_threads
+    from ae_dist.dist.group import cpu_threads
 
     assert cpu_threads(1, env={"SLURM_CPUS_PER_TASK": "3"}) == 3
     assert cpu_threads(2, requested=5, env={}) == 5

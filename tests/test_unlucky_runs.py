@@ -17,7 +17,7 @@ import torch
 from test_launch_slurm import sbatch, states, wait_ended
 from test_run_folder import SLOW_START, handles, same_weights
 
-from ae_dist.dist import free_port
+from ae_dist.dist.group import free_port
 from ae_dist.errors import EXIT_PREEMPTED, EXIT_USAGE
 from tests.helpers.commands import PYTHON, REPO, TINY, clean_env, hook_env, run_train, train_cmd, wait_for
 from tests.helpers.faults import one_clear_line, report

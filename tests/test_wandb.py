@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ae_dist import wandb_run
 from ae_dist.config import WandbConfig
-from ae_dist.run_dir import wandb_group, wandb_name
+from ae_dist.monitor import wandb_run
+from ae_dist.run.identity import wandb_group, wandb_name
 from tests.helpers.commands import TINY, clean_env, run_train, wait_for
 from tests.helpers.interrupted import interrupted_run
 from tests.helpers.processes import Job

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.commands import REPO, TINY, clean_env, train_cmd
+from tests.helpers.commands import REPO, TINY, clean_env, hook_env, train_cmd
 from tests.helpers.wandb_offline import read_records, read_runs
 
 FAKE_KEY = "fakekey0123456789abcdef0123456789abcdef01"  # 40 characters, as a real W&B API key
@@ -87,7 +87,7 @@ def test_online_without_credentials_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_wandb_failure_mid_run_turns_wandb_off_and_training_goes_on(tmp_path):
-    env = clean_env(tmp_path, AE_DIST_TEST_HOOK="tests.helpers.hooks.wandb_fails")  # Run.log raises from its 3rd call on
+    env = hook_env(tmp_path, "wandb_fails")  # Run.log raises from its 3rd call on
     run_dir = tmp_path / "run"
     status, lines = timed_run(train_cmd([*TINY, "train.epochs=1", f"run.dir={run_dir}"]), env)
     assert status == 0, text(lines)[-3000:]
@@ -108,7 +108,7 @@ SLURM_FACTS = {"SLURM_JOB_ID": "4243", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRA
 @pytest.fixture(scope="module")
 def straggling_run(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("straggling")
-    env = clean_env(tmp, AE_DIST_TEST_HOOK="tests.helpers.hooks.straggler", AE_DIST_TEST_SLOW_S="0.06", **SLURM_FACTS)
+    env = hook_env(tmp, "straggler", AE_DIST_TEST_SLOW_S="0.06", **SLURM_FACTS)
     run_dir = tmp / "run"
     args = [*SHORT, f"run.dir={run_dir}", "wandb.tags=digits,straggler", "wandb.notes=rank 1 sleeps before each step",
             "wandb.job_type=test"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ae_dist.wandb_run import WANDB_LOG_BLOCK
+from ae_dist.monitor.wandb_run import WANDB_LOG_BLOCK
 from tests.helpers.commands import REPO
 from tests.helpers.wandb_offline import (
     find_wandb_files,

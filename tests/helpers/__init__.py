@@ -7,12 +7,12 @@
     faults       fault injection: a small disk, a frozen process, one clear error line, the fault table
     interrupted  runs killed at chosen points and rerun (shared by test_resume and test_wandb)
     launcher     `python -m launch` from a work folder; its registry; submitit's local tasks and their exit statuses
-    idx_files    FashionMNIST IDX files in torchvision's raw layout (tests and benchmarks)
     wandb_offline  a reader of W&B's offline .wandb files
     slurm        the ``slurm_cluster`` fixture (the local SLURM cluster)
     sshd         a private sshd on 127.0.0.1
     fixtures     session fixtures: ``reference_runs``
-    hooks/       test-only behaviour, loaded by the trainer from AE_DIST_TEST_HOOK=tests.helpers.hooks.<name>
+    hooks/       test-only behaviour, AE_DIST_TEST_HOOK=tests.helpers.hooks.<name>, imported by site/sitecustomize.py
+    site/        sitecustomize.py, on the PYTHONPATH of children started with `commands.hook_env`
     programs/    small programs the tests run as processes (W&B sessions)
 
 tests/ has no __init__.py on purpose: pytest then puts tests/ on sys.path, so ``from conftest import ...``

@@ -1,8 +1,8 @@
 """The trainer's command line, the environment a child trainer runs in, polling, weights.
 
 Children run with the repository as working folder and on PYTHONPATH, so that they import
-this checkout's `ae_dist` and `launch` and a test hook (`tests.helpers.hooks.*`) wherever they
-start: `python -m ae_dist.train`, torchrun's workers, submitit's tasks, SLURM's nodes.
+this checkout's `ae_dist` and `launch` and, under `hook_env`, a test hook (`tests.helpers.hooks.*`) wherever
+they start: `python -m ae_dist.train`, torchrun's workers, submitit's tasks, SLURM's nodes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from ae_dist.trainer import TEST_HOOK
-
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RUN_TIMEOUT = 240  # seconds for one run of TINY on a busy 2-core machine
@@ -26,6 +24,8 @@ RUN_TIMEOUT = 240  # seconds for one run of TINY on a busy 2-core machine
 TINY = ["--config", str(REPO / "configs" / "digits.yaml"), "train.epochs=3", "train.log_every=5",
         "checkpoint.every_steps=10", "run.progress=lines"]
 LAUNCHER_PREFIXES = ("SLURM_", "WANDB_", "TORCHELASTIC_", "SUBMITIT_")
+TEST_HOOK = "AE_DIST_TEST_HOOK"  # the hook that helpers/site/sitecustomize.py imports
+HOOK_SITE = Path(__file__).resolve().parent / "site"
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -43,8 +43,11 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def hook_env(tmp: Path, hook: str, **extra: str) -> dict[str, str]:
-    """``clean_env`` with the test hook ``tests.helpers.hooks.<hook>`` for the trainer to load."""
-    return clean_env(tmp, **{TEST_HOOK: f"tests.helpers.hooks.{hook}"}, **extra)
+    """``clean_env`` with the test hook ``tests.helpers.hooks.<hook>``, imported at start by every Python it runs
+    (``helpers/site/sitecustomize.py`` on PYTHONPATH)."""
+    env = clean_env(tmp, **{TEST_HOOK: f"tests.helpers.hooks.{hook}"}, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(HOOK_SITE), env["PYTHONPATH"]])
+    return env
 
 
 def train_cmd(args: list[str], nproc: int = 1, torchrun_args: tuple[str, ...] = ()) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ae_dist.run_dir import RunDir
+from ae_dist.run.folder import RunDir
 from tests.helpers.commands import TINY, clean_env, hook_env
 from tests.helpers.processes import Job
 from tests.helpers.run_files import checkpoint, logged_steps, metrics

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from ae_dist.dist import free_port
+from ae_dist.dist.group import free_port
 from tests.helpers.commands import REPO, RUN_TIMEOUT, clean_env, run_dir_of, train_cmd, wait_for
 from tests.helpers.run_files import logged_steps
 

@@ -1,5 +1,5 @@
-"""What a run folder holds, read with the trainer's own readers (`ae_dist.metrics.read_metrics`,
-`ae_dist.checkpoint`, `ae_dist.run_dir.RunDir`): metrics records, checkpoints, leftovers."""
+"""What a run folder holds, read with the trainer's own readers (`ae_dist.run.metrics.read_metrics`,
+`ae_dist.run.checkpoint`, `ae_dist.run.folder.RunDir`): metrics records, checkpoints, leftovers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from ae_dist.checkpoint import NAME, list_checkpoints, read
-from ae_dist.metrics import read_metrics
-from ae_dist.run_dir import RunDir
+from ae_dist.run.checkpoint import NAME, list_checkpoints, read
+from ae_dist.run.folder import RunDir
+from ae_dist.run.metrics import read_metrics
 from tests.helpers.schedule import Schedule
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from wandb.proto.wandb_internal_pb2 import HistoryItem, Record
 
-from ae_dist.wandb_run import wandb_log_records
+from ae_dist.monitor.wandb_run import wandb_log_records
 
 
 def _payloads(data: bytes, path: Path) -> Iterable[bytes]:

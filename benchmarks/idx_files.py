@@ -3,7 +3,7 @@
 IDX (LeCun's format): a big-endian magic number (two zero bytes, the dtype 0x08 = unsigned
 byte, the number of dimensions), one big-endian uint32 per dimension, then the bytes. The
 images are `ae_dist.data.synthetic_split`'s (one Gaussian blob each), the labels ``i % 10``.
-Used by the data and fault tests and by ``benchmarks/throughput.py``::
+Used by ``benchmarks/throughput.py`` and by the data and fault tests::
 
     raw = write_fashion_mnist(tmp_path, train=120, test=40)
 """

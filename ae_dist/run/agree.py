@@ -7,6 +7,7 @@ step 47 while rank 1 starts at 0, and their collectives abort in C++.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -15,11 +16,16 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from ae_dist import checkpoint, errors
-from ae_dist.dist import DistInfo
+from ae_dist import errors
+from ae_dist.config import Config
+from ae_dist.config.templates import template_fields
+from ae_dist.dist.group import DistInfo
+from ae_dist.dist.job import Job
 from ae_dist.errors import AeDistError, UsageError
-from ae_dist.lease import read_holder
-from ae_dist.run_dir import RunDir
+from ae_dist.run import checkpoint
+from ae_dist.run.folder import RunDir
+from ae_dist.run.lease import read_holder
+from ae_dist.run.templates import resolve_template
 
 T = TypeVar("T")
 SEE_LEASE_S = 15.0  # how long a rank looks for rank 0's lease (NFS attribute caches lag a little)
@@ -85,3 +91,23 @@ def check_every_rank_sees(info: DistInfo, run_dir: RunDir, problem: str) -> None
                            "or run on one node")
         error.all_ranks_alike = True
         raise error
+
+
+def agree_run_dir(config: Config, info: DistInfo) -> Config:
+    """``config`` with its run.dir template resolved by rank 0 (`resolve_template`) and sent to every rank."""
+    if not template_fields(config.run.dir):
+        return config
+    resolved = [""]
+    if info.is_main:
+        try:
+            resolved[0] = resolve_template(config.run.dir, Job.from_env().launch_key)
+        except OSError as err:
+            resolved[0] = f"\0{err.strerror or err}"
+    if info.distributed:
+        dist.broadcast_object_list(resolved, src=0)
+    if resolved[0].startswith("\0"):
+        raise UsageError(f"cannot create the run folder ({resolved[0][1:]})", "run.dir", "choose a writable folder")
+    if info.is_main:
+        print(f"run folder: {resolved[0]} (run.dir template {config.run.dir}; rerun with run.dir={resolved[0]} "
+              "to resume it)", flush=True)
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, dir=resolved[0]))

@@ -6,7 +6,7 @@
     20261129-153851-requeue.json         # (elastic SLURM jobs) the hosts the requeued job excludes
 
 One incident is one time stamp. The first rank that finds a silent peer claims it in the
-rendezvous store (`ae_dist.liveness`); every other live rank sees the claim within a
+rendezvous store (`ae_dist.dist.liveness`); every other live rank sees the claim within a
 heartbeat and writes its own stacks under the same stamp, wherever its main thread is stuck.
 A silent rank is ``hung`` when its host's launcher still beats in the store (the process is
 stopped or stuck: the host is suspect), ``lost`` when nothing of its host answers (killed, or

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ae_dist.dist.job import Job
 from ae_dist.errors import UsageError
 
 LEASE = ".lease"
@@ -46,17 +47,6 @@ class Holder:
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"{self.host} pid {self.pid} (job {self.job or 'none'}) since {since}"
-
-
-def job_id(env: dict[str, str] | None = None) -> str:
-    """What a requeue or restart of this run shares: the SLURM job (and array task) or torchrun's run id."""
-    env = os.environ if env is None else env
-    if env.get("SLURM_JOB_ID"):
-        task = env.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{env.get('SLURM_ARRAY_JOB_ID', env['SLURM_JOB_ID'])}" + (f"_{task}" if task else "")
-    if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
-    return ""
 
 
 def _process_start(pid: int) -> float | None:
@@ -117,7 +107,7 @@ class Lease:
     def take(self) -> None:
         """Create the lease, taking over a dead holder's or this job's own; UsageError when a live run holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = job_id()
+        me = Job.from_env().id
         for _ in range(5):
             if self._create():
                 threading.Thread(target=self._beat, name="ae-dist-lease", daemon=True).start()
@@ -138,7 +128,7 @@ class Lease:
     def _create(self) -> bool:
         mine = self.path.with_name(f"{LEASE}.{self.token}")
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()) or time.time(),
-                  "job": job_id(), "token": self.token}
+                  "job": Job.from_env().id, "token": self.token}
         mine.write_text(json.dumps(record) + "\n", encoding="utf-8")
         try:
             os.link(mine, self.path)

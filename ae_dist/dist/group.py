@@ -9,7 +9,7 @@ The ranks meet in the rendezvous store (rank 0's, or torchrun's agent's) under a
 prefix new for each start, so workers that torchrun restarts never read their killed
 predecessors' addresses. Each rank beats a heartbeat into the store from a thread; when a
 collective fails (gloo's timeout, a closed connection), the heartbeats name the rank that
-went silent (ae_dist.liveness), and the command ends with that one line instead of a traceback.
+went silent (ae_dist.dist.liveness), and the command ends with that one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import datetime
 import os
 import re
 import socket
-import subprocess
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +26,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ae_dist.dist.job import expand_hosts, master_port
 from ae_dist.errors import RendezvousFailed, UsageError
-from ae_dist.liveness import Heartbeat, peer_lost, within
+from ae_dist.dist.liveness import Heartbeat, peer_lost, within
 
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-PORT_BASE, PORT_SPAN = 20000, 20000
-
-
-def master_port(job_id: str) -> int:
-    """The rendezvous port of a job, derived alike by every task of it, whichever launcher started it.
-
-    From the numeric job id, or a CRC-32 of any other id (an array task ``123_4``, a local pid).
-    """
-    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
-    return PORT_BASE + number % PORT_SPAN
 
 
 @dataclass(frozen=True)
@@ -63,18 +52,6 @@ class DistInfo:
         return self.backend is not None
 
 
-def _first_slurm_host(nodelist: str) -> str:
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    match = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)  # "node[3-5,9]" -> node3
-    return match.group(1) + (match.group(2) or "") if match else nodelist
-
-
 def _tasks_per_node(env: dict[str, str]) -> int:
     value = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
     return int(re.match(r"\d+", value).group(0))  # "2(x3)" -> 2
@@ -90,7 +67,7 @@ def read_env(env: dict[str, str] | None = None) -> dict[str, str]:
         LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
         WORLD_SIZE=env.get("SLURM_NTASKS", "1"),
         LOCAL_WORLD_SIZE=str(_tasks_per_node(env)),
-        MASTER_ADDR=env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "localhost")),
+        MASTER_ADDR=env.get("MASTER_ADDR") or (expand_hosts(env.get("SLURM_JOB_NODELIST", "")) or ["localhost"])[0],
         MASTER_PORT=env.get("MASTER_PORT") or str(master_port(env.get("SLURM_JOB_ID", "0"))),
     )
     return env
@@ -169,7 +146,7 @@ def teardown(info: DistInfo) -> None:
 @contextlib.contextmanager
 def distributed(device: str = "auto", timeout_s: float = 300.0, incidents_dir: Path | None = None) -> Iterator[DistInfo]:
     """One init, one teardown; a collective that fails because a rank went silent becomes `PeerLost`
-    (with ``incidents_dir``, every live rank leaves its stacks there: `ae_dist.incidents`)."""
+    (with ``incidents_dir``, every live rank leaves its stacks there: `ae_dist.dist.incidents`)."""
     info = init_distributed(device, timeout_s, incidents_dir)
     try:
         yield info

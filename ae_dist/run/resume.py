@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ae_dist import checkpoint
 from ae_dist.errors import UsageError, printable
-from ae_dist.run_dir import RunDir, launch_command
+from ae_dist.run import checkpoint
+from ae_dist.run.folder import RunDir, launch_command
 
 # Keys that do not change how the weights are made: where output goes, how it is shown, when to stop.
 PASS = ("wandb.", "checkpoint.", "run.progress", "run.lease_stale_s", "train.log_every", "train.threads",
@@ -71,7 +71,7 @@ def decide(mode: str, run_dir: RunDir, resolved: dict[str, Any], shapes: dict[st
     them is skipped like a damaged one; a checkpoint of another model config is an error.
     """
     if mode == "never":
-        from ae_dist.metrics import read_metrics
+        from ae_dist.run.metrics import read_metrics
 
         if checkpoint.list_checkpoints(run_dir.checkpoints) or read_metrics(run_dir.metrics):
             raise UsageError("train.resume=never, but the run folder already holds a run", str(run_dir.root),

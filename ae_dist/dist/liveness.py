@@ -12,7 +12,7 @@ Each rank also publishes its host name, and a launcher may beat a counter per ho
 ``AE_DIST_HOST_BEATS`` names; torchrun's rendezvous store): a silent rank whose host still
 beats has hung (stopped, stuck); one whose host is silent too is lost. With a run folder, the
 first rank to find a silent peer claims an incident in the store and every live rank writes
-its stacks to ``run.dir/incidents/`` (`ae_dist.incidents`).
+its stacks to ``run.dir/incidents/`` (`ae_dist.dist.incidents`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from ae_dist import incidents
+from ae_dist.dist import incidents
+from ae_dist.dist.job import Job
 from ae_dist.errors import PeerLost
-from ae_dist.incidents import CRASHED, HUNG, LOST, SILENT, Silent
-from ae_dist.lease import job_id
+from ae_dist.dist.incidents import CRASHED, HUNG, LOST, SILENT, Silent
 
 T = TypeVar("T")
 PEER_FAILURE_SIGNS = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer",
@@ -161,8 +161,9 @@ class Heartbeat:
             stamp, claimant = mine, str(self.rank)  # the store is silent: this rank's own stamp
         self.write_stacks(stamp, f"this rank gave up on a collective ({silent_line(silent, self.host)})", err)
         if claimant == str(self.rank) and silent is not None:
-            record = incidents.silent_record(silent, self.rank, self.hostname, job_id(),
-                                             os.environ.get("SLURM_RESTART_COUNT", "0"), self.timeout_s)
+            job = Job.from_env()
+            record = incidents.silent_record(silent, self.rank, self.hostname, job.id,
+                                             str(job.slurm_restart_count), self.timeout_s)
             with contextlib.suppress(OSError):
                 incidents.write_verdict(self.incidents_dir, stamp, record)
         return stamp

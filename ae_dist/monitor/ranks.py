@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ae_dist.dist import DistInfo
+from ae_dist.dist.group import DistInfo
 
 STRAGGLER_RATIO = 1.5  # step time above this many times the median of the other ranks ...
 STRAGGLER_LOGS = 3  # ... in this many logs in a row: a straggler

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 if TYPE_CHECKING:
-    from ae_dist.dist import DistInfo
+    from ae_dist.dist.group import DistInfo
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 CHECK_EVERY_STEPS = 10  # ranks agree every N steps: one tiny all-reduce per N steps
@@ -120,7 +120,7 @@ class StopSignals:
             return 0
         import torch
 
-        from ae_dist.dist import all_reduce_
+        from ae_dist.dist.group import all_reduce_
 
         device = info.device if info.backend == "nccl" else torch.device("cpu")
         flag = torch.tensor([self.received], dtype=torch.int64, device=device)

@@ -1,7 +1,7 @@
 """Rank 0's output in one object: each new record to metrics.jsonl first, then W&B, and the console.
 
 Other ranks get `NullMonitor`, whose methods do nothing, so the loop never asks who it is.
-Besides the records, W&B gets the per-rank step times (`ae_dist.ranks`, in the same history
+Besides the records, W&B gets the per-rank step times (`ae_dist.monitor.ranks`, in the same history
 row as the train record), an alert per straggler, the best and final test loss in the
 summary, the newest checkpoint when the run stops (``wandb.log_checkpoints``; an artifact
 costs W&B a few hundred ms, too much for the loop) and the final model.pt as a ``model`` artifact.
@@ -13,14 +13,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ae_dist import console
-from ae_dist.checkpoint import NAME as CHECKPOINT_NAME
-from ae_dist.checkpoint import list_checkpoints
 from ae_dist.config import WandbConfig
-from ae_dist.metrics import MetricsFile, read_metrics
-from ae_dist.ranks import RankTimes, Stragglers
-from ae_dist.run_dir import RunDir
-from ae_dist.wandb_run import WandbRun, file_digest, job_facts, wandb_mode
+from ae_dist.monitor import console
+from ae_dist.monitor.ranks import RankTimes, Stragglers
+from ae_dist.monitor.wandb_run import WandbRun, file_digest, job_facts, wandb_mode
+from ae_dist.run.checkpoint import NAME as CHECKPOINT_NAME
+from ae_dist.run.checkpoint import list_checkpoints
+from ae_dist.run.folder import RunDir
+from ae_dist.run.metrics import MetricsFile, read_metrics
 
 
 class Monitor:

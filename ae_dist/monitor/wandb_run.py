@@ -31,8 +31,9 @@ from typing import Any
 
 from ae_dist.config import WandbConfig
 from ae_dist.errors import UsageError
-from ae_dist.metrics import KIND_ORDER, record_key
-from ae_dist.run_dir import RunDir, git_state, wandb_group, wandb_name
+from ae_dist.run.folder import RunDir, git_state
+from ae_dist.run.identity import wandb_group, wandb_name
+from ae_dist.run.metrics import KIND_ORDER, record_key
 
 PROBE_TIMEOUT_S = 5.0  # one HTTP request to the W&B server before wandb.init tries it ...
 INIT_TIMEOUT_S = 15.0  # ... then wandb.init's own bound: offline after at most about 20 s in all

@@ -19,10 +19,10 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
-from ae_dist.config_file import DEFAULT_CONFIG, PACKAGED_CONFIGS, find_config, flatten, read_config_file, read_yaml
-from ae_dist.config_types import choices, convert, shown, type_word
+from ae_dist.config.files import DEFAULT_CONFIG, PACKAGED_CONFIGS, find_config, flatten, read_config_file, read_yaml
+from ae_dist.config.templates import template_problems
+from ae_dist.config.types import choices, convert, shown, type_word
 from ae_dist.errors import UsageError
-from ae_dist.run_dir import template_problems
 
 
 def _field(default: Any, help: str) -> Any:

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn, get_origin
 
-from ae_dist.config import Config, find_config, leaf_fields, load_config, suggest_key, to_flat
-from ae_dist.config_types import choices
+from ae_dist.config.files import find_config
+from ae_dist.config.schema import Config, leaf_fields, load_config, suggest_key, to_flat
+from ae_dist.config.types import choices
 from ae_dist.errors import UsageError
 
 OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=.*", re.DOTALL)
