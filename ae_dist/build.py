@@ -114,10 +114,10 @@ def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
     """Rank 0 first (it may download), then the others; both splits moved to the device."""
     splits = None
     if info.is_main:
-        splits = data.load_split(config.data, train=True), data.load_split(config.data, train=False)
+        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
     barrier(info)
     if splits is None:
-        splits = data.load_split(config.data, train=True), data.load_split(config.data, train=False)
+        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
     return splits[0].to(info.device), splits[1].to(info.device)
 
 

@@ -84,7 +84,7 @@ def draw(model: torch.nn.Module, config: Config, folder: RunDir, source: str) ->
     from ae_dist.dist.group import DistInfo
     from ae_dist.monitor import plots
 
-    test = data.load_split(config.data, train=False)
+    test = data.load_split(config.data, "test")
     info = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
     loss = engine.evaluate(model, test, config.train.eval_batch_size, config.train, info)
     with torch.no_grad():

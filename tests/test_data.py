@@ -17,12 +17,12 @@ from tests.helpers.commands import PYTHON, REPO, clean_env
 
 def test_torchvision_layout_loads_as_uint8_tensors(tmp_path: Path) -> None:
     raw = write_fashion_mnist(tmp_path)
-    split = load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=True)
+    split = load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "train")
     assert split.images.shape == (120, 1, 28, 28) and split.images.dtype == torch.uint8
     assert split.labels.tolist() == [i % 10 for i in range(120)]
     expected = (raw / "train-images-idx3-ubyte").read_bytes()[16:16 + 784]
     assert split.images[0].flatten().tolist() == list(expected)
-    assert len(load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=False)) == 40
+    assert len(load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "test")) == 40
 
 
 def test_training_reads_written_idx_files(tmp_path: Path) -> None:
@@ -49,14 +49,14 @@ def test_missing_data_without_network_is_one_line(tmp_path: Path) -> None:
 
 def test_missing_data_with_download_off(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="data.download=false"):
-        load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), train=True)
+        load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "train")
 
 
 def test_digits_split_is_fixed_and_disjoint() -> None:
-    train, test = load_split(DataConfig(name="digits"), True), load_split(DataConfig(name="digits"), False)
+    train, test = load_split(DataConfig(name="digits"), "train"), load_split(DataConfig(name="digits"), "test")
     assert (len(train), len(test)) == (1500, 297)
     assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
-    again = load_split(DataConfig(name="digits"), False)
+    again = load_split(DataConfig(name="digits"), "test")
     assert torch.equal(test.images, again.images)
     rows = {bytes(x.flatten().tolist()) for x in train.images}
     assert sum(bytes(x.flatten().tolist()) in rows for x in test.images) < 5  # a few digits are exact twins
@@ -82,3 +82,16 @@ def test_union_of_rank_batches_is_world_size_invariant(world_size: int) -> None:
     # resuming at batch k yields the same remaining batches
     rest = [b.flatten().mul(255).round().long().tolist() for b in EpochBatches(ids, global_batch, 0, 1, seed=5).epoch(3, start=7)]
     assert rest == one[7:]
+
+
+@pytest.mark.fast
+def test_validation_rows_are_held_out_of_the_training_split_by_a_fixed_hash() -> None:
+    whole = load_split(DataConfig(name="digits"), "train")
+    train, val = (load_split(DataConfig(name="digits", val_fraction=0.2), part) for part in ("train", "val"))
+    assert len(train) + len(val) == len(whole) and 0.15 < len(val) / len(whole) < 0.25
+    rows = {bytes(image.numpy()) for image in whole.images}
+    assert {bytes(image.numpy()) for image in val.images} | {bytes(image.numpy()) for image in train.images} == rows
+    assert not {bytes(image.numpy()) for image in val.images} & {bytes(image.numpy()) for image in train.images}
+    more = load_split(DataConfig(name="digits", val_fraction=0.3), "val")  # a larger share keeps the rows it had
+    assert {bytes(image.numpy()) for image in val.images} <= {bytes(image.numpy()) for image in more.images}
+    assert len(load_split(DataConfig(name="digits"), "val")) == 0

@@ -402,7 +402,7 @@ DAMAGE = {
 @pytest.mark.compat
 def test_intact_small_idx_files_load(tmp_path: Path) -> None:
     write_fashion_mnist(tmp_path, train=64, test=32)
-    split = data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=True)
+    split = data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "train")
     assert split.images.shape == (64, 1, 28, 28) and split.labels.tolist()[:11] == [*range(10), 0]
 
 
@@ -412,7 +412,7 @@ def test_damaged_data_file_is_named_in_one_line(tmp_path: Path, case: str) -> No
     raw = write_fashion_mnist(tmp_path, train=64, test=32)
     damage(raw / name)
     with pytest.raises(UsageError) as caught:
-        data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), train=train)
+        data.load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "train" if train else "test")
     (line,) = caught.value.lines()
     culprit = raw / (name + ".gz" if damage is foreign_gz else name)
     assert f"({culprit})" in line, line

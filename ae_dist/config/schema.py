@@ -39,6 +39,8 @@ class DataConfig:
     download: bool = _field(True, "download fashion_mnist/mnist into data.root when missing")
     synthetic_train: int = _field(60_000, "number of training images of the synthetic dataset")
     synthetic_test: int = _field(10_000, "number of test images of the synthetic dataset")
+    val_fraction: float = _field(0.0, "share of the training split held out for validation, chosen by a hash of each "
+                                      "row's key (0 = none)")
 
 
 @dataclass(frozen=True)

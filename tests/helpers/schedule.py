@@ -69,5 +69,5 @@ def schedule(args: Sequence[str]) -> Schedule:
 def _schedule(args: tuple[str, ...]) -> Schedule:
     config, _ = parse_args(list(args))
     train = config.train
-    batches = data.EpochBatches(data.load_split(config.data, train=True), train.batch_size, 0, 1, train.seed)
+    batches = data.EpochBatches(data.load_split(config.data, "train"), train.batch_size, 0, 1, train.seed)
     return Schedule(len(batches), train.epochs, train.log_every, config.checkpoint.every_steps, config.checkpoint.keep)
