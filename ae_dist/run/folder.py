@@ -49,6 +49,14 @@ class RunDir:
         return self.root / "model.pt"
 
     @property
+    def model_best(self) -> Path:  # the weights that scored best on the validation split (train.eval_every_steps)
+        return self.root / "model-best.pt"
+
+    @property
+    def model_ema(self) -> Path:  # the exponential moving average of the weights (train.ema_decay)
+        return self.root / "model-ema.pt"
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 
