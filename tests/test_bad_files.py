@@ -18,7 +18,7 @@ import torch
 
 from ae_dist.config import ModelConfig, dump_yaml, load_config
 from ae_dist.models import build_model
-from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.commands import PYTHON, REPO, clean_env, run_module
 from tests.helpers.faults import report
 
 LEVELS = "abcdefghi"
@@ -134,8 +134,7 @@ def holes() -> Iterator[list[str]]:
 @pytest.mark.parametrize("hole", HOLES)
 def test_evaluate_on_a_broken_run_folder_is_one_line(tmp_path: Path, hole: str, holes: list) -> None:
     run = broken_run(tmp_path, hole)
-    result = subprocess.run([PYTHON, "-m", "ae_dist.evaluate", str(run)], cwd=tmp_path, env=clean_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = run_module("ae_dist.evaluate", str(run), tmp=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and HOLES[hole] in lines[0], result.stderr
@@ -148,9 +147,7 @@ def test_run_dir_tilde_is_the_home_folder(tmp_path: Path) -> None:
     work.mkdir()
     small = ["data.name=synthetic", "data.synthetic_train=64", "data.synthetic_test=16", "train.batch_size=32",
              "model.hidden=8", "train.epochs=1", "wandb.mode=disabled", "train.threads=1"]
-    result = subprocess.run([PYTHON, "-m", "ae_dist.train", "run.dir=~/runs/x", *small], cwd=work,
-                            env=clean_env(tmp_path) | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                            timeout=300)
+    result = run_module("ae_dist.train", "run.dir=~/runs/x", *small, tmp=tmp_path, cwd=work)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "home" / "runs" / "x" / "model.pt").is_file()  # clean_env's HOME
     assert not (work / "~").exists()

@@ -12,14 +12,13 @@ import yaml
 from ae_dist.config import leaf_fields, load_config
 from ae_dist.config.cli import evaluate_args, train_args
 from ae_dist.errors import UsageError
-from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.commands import PYTHON, REPO, clean_env, run_module
 
 HEAVY = ("torch", "matplotlib", "wandb", "torchvision", "sklearn", "submitit")
 
 
 def command(module: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, *args], cwd=tmp, env=clean_env(tmp) | {"PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=120)
+    return run_module(module, *args, tmp=tmp, timeout=120)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -81,6 +80,7 @@ def test_help_shows_the_values_in_effect(tmp_path: Path) -> None:
     assert "'runs/digits'" in next(line for line in digits.stdout.splitlines() if line.strip().startswith("run.dir"))
 
 
+@pytest.mark.fast
 def test_evaluate_takes_the_run_and_overrides_in_any_order(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     args = evaluate_args(["data.root=/d", str(tmp_path / "run"), "train.eval_batch_size=7"])

@@ -31,6 +31,7 @@ def fresh_check() -> Iterator[None]:
     engine.fused_adam_kernel_matches.cache_clear()
 
 
+@pytest.mark.fast
 @pytest.mark.compat
 @pytest.mark.skipif(not FUSED_ON_CPU, reason=NO_FUSED_ON_CPU)
 def test_the_check_passes_wherever_this_torch_has_fused_adam_on_the_cpu(fresh_check) -> None:
@@ -45,6 +46,7 @@ def refuses_our_call(*args, **kwargs) -> None:
     raise TypeError("_fused_adam_() got an unexpected keyword argument 'beta1'")
 
 
+@pytest.mark.fast
 @pytest.mark.skipif(not FUSED_ON_CPU, reason=NO_FUSED_ON_CPU)
 @pytest.mark.parametrize("stand_in", ["missing", "other_arguments"])
 def test_the_check_fails_on_a_torch_without_the_op_or_with_other_arguments(stand_in: str, fresh_check, monkeypatch) -> None:
@@ -55,6 +57,7 @@ def test_the_check_fails_on_a_torch_without_the_op_or_with_other_arguments(stand
     assert not engine.fused_adam_kernel_matches("cpu")
 
 
+@pytest.mark.fast
 @pytest.mark.compat
 def test_when_the_check_fails_every_step_is_optimizer_step_and_training_goes_on(monkeypatch) -> None:
     monkeypatch.setattr(engine, "fused_adam_kernel_matches", lambda device_type: False)

@@ -16,6 +16,7 @@ from tests.helpers.commands import PYTHON, REPO, clean_env
 TRAINER_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
@@ -23,6 +24,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert from_dict(to_dict(config)) == config  # what config.yaml saves reloads to the same tree
 
 
+@pytest.mark.fast
 def test_default_is_the_seed_experiment() -> None:
     config = load_config()
     assert (config.data.name, config.model.name, config.model.latent_dim) == ("fashion_mnist", "mlp", 3)
@@ -31,6 +33,7 @@ def test_default_is_the_seed_experiment() -> None:
     assert (config.train.batch_size, config.train.epochs) == (64, 10)
 
 
+@pytest.mark.fast
 def test_overrides_are_typed_by_the_field() -> None:
     config = load_config(None, ["optim.lr=3e-3", "train.epochs=2", "data.download=false", "model.hidden=256,32"])
     assert config.optim.lr == 0.003 and isinstance(config.optim.lr, float)
@@ -38,12 +41,14 @@ def test_overrides_are_typed_by_the_field() -> None:
     assert config.model.hidden == (256, 32)
 
 
+@pytest.mark.fast
 def test_yaml_float_written_like_pyyaml_string_is_a_float(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 1e-3\n")  # PyYAML reads this as the string '1e-3'
     assert load_config(path).optim.lr == 0.001
 
 
+@pytest.mark.fast
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(UsageError) as err:
         build_config({"train.epoch": 3, "optim.lr": "fast", "model.name": "resnet"})
@@ -116,6 +121,7 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
     assert_one_error_line(result, "does not divide by world size 2", "train.batch_size")
 
 
+@pytest.mark.fast
 def test_choices_are_the_fields_literal_types() -> None:
     literal = {key: choices(kind) for key, (kind, _) in leaf_fields().items() if choices(kind)}
     assert literal["data.name"] == ("fashion_mnist", "mnist", "digits", "synthetic")
@@ -128,6 +134,7 @@ def test_choices_are_the_fields_literal_types() -> None:
             assert getattr(getattr(build_config({key: value}), key.split(".")[0]), key.split(".")[1]) == value
 
 
+@pytest.mark.fast
 def test_any_literal_of_words_converts() -> None:
     from typing import Literal
 
@@ -139,12 +146,14 @@ def test_any_literal_of_words_converts() -> None:
         convert(["upload"], kind)
 
 
+@pytest.mark.fast
 def test_yaml_off_is_the_word_off(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  compile: off\n", encoding="utf-8")
     assert load_config(path).train.compile == "off"
 
 
+@pytest.mark.fast
 def test_a_bare_name_is_a_packaged_config_and_a_path_is_a_file(tmp_path: Path, monkeypatch) -> None:
     assert load_config("digits") == load_config(REPO / "configs" / "digits.yaml")
     (tmp_path / "digits").write_text("train:\n  epochs: 7\n", encoding="utf-8")
@@ -153,6 +162,7 @@ def test_a_bare_name_is_a_packaged_config_and_a_path_is_a_file(tmp_path: Path, m
     assert load_config("digits_conv").model.name == "conv"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text, key, line", [("train:\n  epochs: 1\nrun:\n  dir: x\ntrain:\n  seed: 2\n", "train", 5),
                                              ("train:\n  epochs: 1\n  epochs: 2\n", "train.epochs", 3)])
 def test_a_key_written_twice_is_refused(tmp_path: Path, text: str, key: str, line: int) -> None:
@@ -165,6 +175,7 @@ def test_a_key_written_twice_is_refused(tmp_path: Path, text: str, key: str, lin
                                  f"keep one '{name}:'; YAML would silently keep the last"]
 
 
+@pytest.mark.fast
 def test_an_alias_is_refused_at_its_line(tmp_path: Path) -> None:
     path = tmp_path / "alias.yaml"
     path.write_text("train:\n  epochs: &n 3\n  seed: *n\n", encoding="utf-8")
@@ -172,6 +183,7 @@ def test_an_alias_is_refused_at_its_line(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.fast
 def test_the_resolved_config_reloads_without_aliases() -> None:
     from ae_dist.config import dump_yaml
 

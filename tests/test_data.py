@@ -15,6 +15,7 @@ from benchmarks.idx_files import write_fashion_mnist
 from tests.helpers.commands import PYTHON, REPO, clean_env
 
 
+@pytest.mark.fast
 def test_torchvision_layout_loads_as_uint8_tensors(tmp_path: Path) -> None:
     raw = write_fashion_mnist(tmp_path)
     split = load_split(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "train")
@@ -47,11 +48,13 @@ def test_missing_data_without_network_is_one_line(tmp_path: Path) -> None:
     assert "data.name=digits" in lines[0]
 
 
+@pytest.mark.fast
 def test_missing_data_with_download_off(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="data.download=false"):
         load_split(DataConfig(name="mnist", root=str(tmp_path), download=False), "train")
 
 
+@pytest.mark.fast
 def test_digits_split_is_fixed_and_disjoint() -> None:
     train, test = load_split(DataConfig(name="digits"), "train"), load_split(DataConfig(name="digits"), "test")
     assert (len(train), len(test)) == (1500, 297)
@@ -62,12 +65,14 @@ def test_digits_split_is_fixed_and_disjoint() -> None:
     assert sum(bytes(x.flatten().tolist()) in rows for x in test.images) < 5  # a few digits are exact twins
 
 
+@pytest.mark.fast
 def test_synthetic_is_deterministic_and_sized() -> None:
     a, b = synthetic_split(500, seed=0), synthetic_split(500, seed=0)
     assert torch.equal(a.images, b.images) and a.images.shape == (500, 1, 28, 28)
     assert not torch.equal(a.images, synthetic_split(500, seed=1).images)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_union_of_rank_batches_is_world_size_invariant(world_size: int) -> None:
     count, global_batch = 203, 16

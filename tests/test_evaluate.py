@@ -46,6 +46,7 @@ def test_evaluate_titles_say_which_weights_and_the_legend_names_classes(tmp_path
     assert [t.get_text() for t in latent.get_legend().get_texts()] == list("0123456789")
 
 
+@pytest.mark.fast
 def test_fashion_mnist_legend_has_the_ten_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.__setitem__(path.name, fig))

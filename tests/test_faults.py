@@ -399,6 +399,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.fast
 @pytest.mark.compat
 def test_intact_small_idx_files_load(tmp_path: Path) -> None:
     write_fashion_mnist(tmp_path, train=64, test=32)
@@ -406,6 +407,7 @@ def test_intact_small_idx_files_load(tmp_path: Path) -> None:
     assert split.images.shape == (64, 1, 28, 28) and split.labels.tolist()[:11] == [*range(10), 0]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("case", DAMAGE)
 def test_damaged_data_file_is_named_in_one_line(tmp_path: Path, case: str) -> None:
     name, damage, train = DAMAGE[case]

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from ae_dist.config import Config, choices, from_dict, leaf_fields, load_config, to_dict, validate
 from ae_dist.errors import UsageError
-from tests.helpers.commands import PYTHON, REPO, clean_env
+from tests.helpers.commands import REPO, run_module
 from tests.helpers.faults import report
 
 KEYS = sorted(leaf_fields())
@@ -146,8 +146,7 @@ def test_loading_any_config_gives_a_config_or_one_line_errors(fuzz_dir: Path, ta
 
 
 def run_command(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "ae_dist.train", *args], cwd=REPO, env=clean_env(tmp), capture_output=True,
-                          text=True, timeout=120)
+    return run_module("ae_dist.train", *args, tmp=tmp, cwd=REPO, timeout=120)
 
 
 def check_exit(result: subprocess.CompletedProcess) -> None:
@@ -202,6 +201,7 @@ REFUSED = {  # values that parse but would crash or hang a run later: refused up
 }
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("key", REFUSED)
 def test_extreme_values_are_refused(key: str) -> None:
     with pytest.raises(UsageError) as caught:
@@ -210,6 +210,7 @@ def test_extreme_values_are_refused(key: str) -> None:
     assert f"({key})" in caught.value.lines()[0]
 
 
+@pytest.mark.fast
 def test_conv_with_more_stages_than_28_halves_is_refused() -> None:
     with pytest.raises(UsageError, match=r"\(model.channels\)"):
         load_config(None, ["model.name=conv", "model.channels=8,8,8"])
@@ -234,6 +235,7 @@ def test_huge_but_harmless_values_run(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.fast
 def test_deeply_nested_yaml_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("train: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")

@@ -41,12 +41,14 @@ def usage_error(argv: list[str], capsys) -> str:
 # Requests, profiles, sweeps, the job environment
 # -------------------------------------------------------------------------------------------
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("text", "minutes"), [("90", 90), ("1:30", 2), ("02:00:00", 120), ("1-00", 1440),
                                                ("1-2:30", 1590), ("0-0:0:61", 2)])
 def test_time_formats(text: str, minutes: int) -> None:
     assert request.parse_time(text) == minutes
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("argv", [
     ["--nodes", "0"], ["--tasks-per-node", "-1"], ["--time", "soon"], ["--time", "0"],
     ["--executor", "local", "--nodes", "2"], ["--executor", "debug", "--tasks-per-node", "2"],
@@ -68,6 +70,7 @@ def test_no_sbatch_and_no_remote_host(tmp_path: Path, capsys, monkeypatch) -> No
     assert "no sbatch on this machine and no remote host" in line and "--remote" in line
 
 
+@pytest.mark.fast
 def test_unreachable_ssh_host_fails_in_seconds(tmp_path: Path, capsys) -> None:
     with socket.socket() as sock:  # a port nothing listens on: bound here, never listened on
         sock.bind(("127.0.0.1", 0))
@@ -80,6 +83,7 @@ def test_unreachable_ssh_host_fails_in_seconds(tmp_path: Path, capsys) -> None:
             assert "cannot reach nowhere over SSH" in line and time.monotonic() - started < 30
 
 
+@pytest.mark.fast
 def test_every_cluster_profile_loads() -> None:
     names = profiles.available()
     assert "local" in names and "example" in names
@@ -88,6 +92,7 @@ def test_every_cluster_profile_loads() -> None:
         assert set(values) <= set(profiles.KEYS)
 
 
+@pytest.mark.fast
 def test_profile_errors_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("partiton: gpu\nnodes: two\nsetup: [1, 2]\n")
@@ -100,6 +105,7 @@ def test_profile_errors_name_the_key(tmp_path: Path) -> None:
     assert "setup" in lines[2]
 
 
+@pytest.mark.fast
 def test_flags_win_over_the_profile_which_wins_over_defaults(tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text("partition: gpu\nnodes: 4\ngpus_per_node: 8\ntime: '2:00:00'\nsetup: |\n  module load cuda\n"
@@ -114,6 +120,7 @@ def test_flags_win_over_the_profile_which_wins_over_defaults(tmp_path: Path) -> 
     assert "--nodes=2" in forwarded and not any(arg.startswith(("--cluster", "--remote")) for arg in forwarded)
 
 
+@pytest.mark.fast
 def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Path) -> None:
     config = load_config(REPO / "configs" / "digits.yaml", [f"run.dir={tmp_path / 'sweep'}"])
     sweeps = plan.parse_sweeps(["optim.lr=1e-3,3e-3", "model.hidden=[128,64,12],[64,32,8]"])
@@ -125,6 +132,7 @@ def test_sweep_is_a_product_with_one_folder_per_point_and_one_group(tmp_path: Pa
     assert {r.wandb.group for r in runs} == {"sweep-sweep"}
 
 
+@pytest.mark.fast
 def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(REPO / "configs" / "digits.yaml", ["run.dir=runs/x", "data.root=data"])

@@ -31,6 +31,7 @@ def record(job_id: str, run_dir: Path) -> Record:
                   [Run(job_id, str(run_dir), f"id{job_id}", [str(log)])])
 
 
+@pytest.mark.fast
 def test_a_torn_registry_line_is_skipped_with_one_warning(tmp_path: Path, monkeypatch, capsys) -> None:
     """A launcher killed mid-write leaves half a line: status, logs, cancel and fetch still work for the intact jobs,
     each with one warning line; the next submission starts a fresh line instead of gluing onto the torn one."""
@@ -51,6 +52,7 @@ def test_a_torn_registry_line_is_skipped_with_one_warning(tmp_path: Path, monkey
     capsys.readouterr()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("sweep", "points"), [
     ("model.hidden=[128,64],(128,64)", "model.hidden=[128,64]' and 'model.hidden=(128,64)' give the same config"),
     ("wandb.name=exp/a,exp:a", "wandb.name=exp/a and wandb.name=exp:a share the folder wandb.name=exp_a"),

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import fake_slurm
 import pytest
 
 from ae_dist.config import PACKAGED_CONFIGS
 from launch import cli, profiles, request
 from launch.jobs import REGISTRY, Record
 from tests.helpers.commands import REPO
+from tests.helpers.slurm import fake_scripts, install_fake, sbatch_options
 
 DIGITS = ["--config", str(REPO / "configs" / "digits.yaml")]
 
@@ -29,6 +29,7 @@ def one_error(argv: list[str], capsys) -> str:
     return err[0]
 
 
+@pytest.mark.fast
 def test_every_field_is_a_flag_a_profile_key_and_a_help_line(monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "2000")  # no wrapping inside a help line
     names = {f.name for f in dataclasses.fields(request.Request)} - {"origin"}
@@ -70,7 +71,7 @@ def test_submitit_parameters_come_from_the_fields() -> None:
 def test_sbatch_options_and_array_throttle_reach_the_batch_script(tmp_path: Path, monkeypatch, capsys) -> None:
     """The profile's sbatch: mapping and --sbatch items (key by key, the flag wins) become #SBATCH lines, as sbatch
     reads them; a 3-point sweep with --array-parallelism 2 is `--array=0-2%2`."""
-    bin_dir = fake_slurm.install(tmp_path / "slurm")
+    bin_dir = install_fake(tmp_path / "slurm")
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(cli.sys.executable).parent}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
     profile = tmp_path / "mine.yaml"
@@ -78,8 +79,8 @@ def test_sbatch_options_and_array_throttle_reach_the_batch_script(tmp_path: Path
     argv = ["--cluster", str(profile), "--sbatch", "gres=gpu:2", "--sbatch", "reservation=maint", "--array-parallelism",
             "2", "--sweep", "optim.lr=1e-3,2e-3,3e-3", *DIGITS, "run.dir=sweep"]
     assert cli.main(argv) == 0, capsys.readouterr().err
-    (script,) = fake_slurm.scripts(tmp_path / "slurm")
-    options = fake_slurm.sbatch_options(script.read_text())
+    (script,) = fake_scripts(tmp_path / "slurm")
+    options = sbatch_options(script.read_text())
     assert {key: options.get(key) for key in ("gres", "mail-type", "exclusive", "reservation", "array", "requeue",
                                                "partition")} == {
         "gres": "gpu:2", "mail-type": "END", "exclusive": True, "reservation": "maint", "array": "0-2%2", "requeue": True,
@@ -114,6 +115,7 @@ def test_profile_sbatch_keys_checked_and_unknown_profile_keys_refused(tmp_path: 
     assert f"unknown cluster profile key ({profile}: gres)" in line and "sbatch:" in line
 
 
+@pytest.mark.fast
 def test_profiles_are_found_here_then_in_the_home_then_in_the_package(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

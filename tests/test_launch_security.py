@@ -13,13 +13,12 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import fake_slurm
 import pytest
 
 from launch import cli
 from launch.jobs import REGISTRY, Record
 from tests.helpers.commands import PYTHON, REPO, TINY, clean_env
-from tests.helpers.slurm import SlurmCluster
+from tests.helpers.slurm import SlurmCluster, fake_scripts, install_fake, sbatch_options
 
 DIGITS = ["--config", str(REPO / "configs" / "digits.yaml")]
 
@@ -41,6 +40,7 @@ def one_error(argv: list[str], capsys) -> str:
     return err[0]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("argv", "where"), [
     (["run.dir=runs/x\ntouch MARKER #"], "(run.dir)"),
     (["run.dir=runs/x\rtouch MARKER"], "(run.dir)"),
@@ -85,7 +85,7 @@ def test_hostile_values_arrive_verbatim_in_the_batch_script(tmp_path: Path, monk
     reads the srun line; the fake sbatch runs the script with bash: no marker appears."""
     marker = tmp_path / "MARKER"
     text, word = hostile(marker), hostile_word(marker)
-    bin_dir = fake_slurm.install(tmp_path / "slurm", partitions=("debug", word))
+    bin_dir = install_fake(tmp_path / "slurm", partitions=("debug", word))
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(PYTHON).parent}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
     argv = ["--job-name", text, "--partition", word, "--account", text, "--qos", text, "--constraint", text,
@@ -94,8 +94,8 @@ def test_hostile_values_arrive_verbatim_in_the_batch_script(tmp_path: Path, monk
     run_dir = tmp_path / "runs" / text
     record = Record.from_json((tmp_path / REGISTRY).read_text().splitlines()[-1])
     assert record.runs[0].run_dir == str(run_dir)
-    (script,) = fake_slurm.scripts(tmp_path / "slurm")
-    options = fake_slurm.sbatch_options(script.read_text())
+    (script,) = fake_scripts(tmp_path / "slurm")
+    options = sbatch_options(script.read_text())
     assert options["output"] == f"{run_dir}/submitit/%j_0_log.out"
     assert {key: options[key] for key in ("job-name", "partition", "account", "qos", "constraint", "comment")} == {
         "job-name": text, "partition": word, "account": text, "qos": text, "constraint": text, "comment": text}

@@ -117,14 +117,17 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     return bad
 
 
+@pytest.mark.fast
 def test_no_import_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
+@pytest.mark.fast
 def test_each_layer_imports_only_the_layers_below_it() -> None:
     assert layer_violations(import_graph()) == []
 
 
+@pytest.mark.fast
 def test_a_cycle_added_on_purpose_is_found(tmp_path: Path) -> None:
     """The check itself: two modules importing each other lazily, one under TYPE_CHECKING, make one cycle."""
     package = tmp_path / "pkg"
@@ -140,6 +143,7 @@ def test_a_cycle_added_on_purpose_is_found(tmp_path: Path) -> None:
     assert cycles(import_graph(tmp_path, ("pkg",))) == []
 
 
+@pytest.mark.fast
 def test_a_layer_violation_is_found() -> None:
     graph = {"ae_dist.config.schema": {"ae_dist.run.folder"}, "ae_dist.run.folder": set(),
              "ae_dist.dist.job": {"launch.cli"}, "launch.cli": set()}
@@ -148,6 +152,7 @@ def test_a_layer_violation_is_found() -> None:
         "ae_dist.dist.job imports launch.cli: launch imports ae_dist, never the other way"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("folder", ["ae_dist", "launch", "benchmarks"])
 def test_nothing_outside_the_tests_imports_the_tests(folder: str) -> None:
     for path in sorted((ROOT / folder).rglob("*.py")):
@@ -158,6 +163,7 @@ def test_nothing_outside_the_tests_imports_the_tests(folder: str) -> None:
         assert "tests.helpers" not in path.read_text(encoding="utf-8"), f"{path} names the tests' modules"
 
 
+@pytest.mark.fast
 def test_every_package_says_what_it_owns_and_may_import() -> None:
     for init in sorted((ROOT / "ae_dist").rglob("__init__.py")):
         if init.parent.name == "configs":

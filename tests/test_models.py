@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ def seed_autoencoder() -> nn.Module:
     return model
 
 
+@pytest.mark.fast
 def test_mlp_state_dict_matches_the_seed_model() -> None:
     ours, seed = build_model(ModelConfig()).state_dict(), seed_autoencoder().state_dict()
     assert list(ours) == list(seed)
@@ -34,6 +36,7 @@ def test_mlp_state_dict_matches_the_seed_model() -> None:
     assert isinstance(model.decoder[-1], nn.Sigmoid)
 
 
+@pytest.mark.fast
 def test_mlp_computes_what_the_seed_computes() -> None:
     ours, seed = build_model(ModelConfig()), seed_autoencoder()
     seed.load_state_dict(ours.state_dict())
@@ -42,6 +45,7 @@ def test_mlp_computes_what_the_seed_computes() -> None:
     assert torch.equal(ours(images), expected)
 
 
+@pytest.mark.fast
 def test_models_keep_shape_and_range() -> None:
     for name in ("mlp", "conv"):
         for latent in (2, 3, 16):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.commands import REPO
+from tests.helpers.commands import REPO, run_module
 
 pytestmark = pytest.mark.slow
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "runs", "data", "build", "*.egg-info", "__pycache__", "wandb",
@@ -43,9 +43,12 @@ def installed(tmp_path_factory) -> Path:
 
 
 def run_in_empty_folder(python: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed package's command, from an empty folder, with nothing of this checkout on any path."""
     empty = tmp / "empty"
     empty.mkdir(exist_ok=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "WANDB_MODE": "disabled"}
+    if args[0] == "-m":
+        return run_module(*args[1:], tmp=tmp, cwd=empty, env=env, python=python, timeout=600)
     return subprocess.run([python, *args], cwd=empty, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -207,6 +207,7 @@ def test_other_model_config_stops_with_exit_2(reference_runs, tmp_path):
     assert snapshot(run_dir) == before, "nothing in the run folder changed (config.yaml included)"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("key", "value", "refused"), [
     ("data.name", "synthetic", True), ("model.name", "conv", True), ("model.hidden", [64, 32], True),
     ("data.root", "/elsewhere", False), ("data.download", False, False), ("optim.lr", 0.5, False),

@@ -32,6 +32,7 @@ SWEEP = REPO / "configs" / "sweeps" / "digits.yaml"
 PRINTED = re.compile(r"^run folder: (\S+) \(run\.dir template ", re.M)
 
 
+@pytest.mark.fast
 def test_fields_are_filled_once_per_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     now = datetime.datetime(2026, 3, 4, 5, 6, 7)
@@ -47,6 +48,7 @@ def test_fields_are_filled_once_per_key(tmp_path, monkeypatch):
     assert len((tmp_path / "runs" / RESOLVED).read_text().splitlines()) == 2  # one line per keyed resolution, none without
 
 
+@pytest.mark.fast
 def test_concurrent_launches_get_one_folder_each(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     now = datetime.datetime(2026, 3, 4, 5, 6, 7)
@@ -60,6 +62,7 @@ def test_concurrent_launches_get_one_folder_each(tmp_path, monkeypatch):
     assert sorted(found) == ["runs/050607", "runs/050607-2", "runs/050607-3", "runs/050607-4"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("env", "key"), [
     ({}, ""),
     ({"TORCHELASTIC_RUN_ID": "none"}, ""),
@@ -72,6 +75,7 @@ def test_launch_key(env, key):
     assert Job.from_env(env).launch_key == key
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("template", ["runs/{foo}", "runs/{}", "runs/{0}", "runs/{date:%Y}", "runs/{date!r}", "runs/{"])
 def test_bad_templates_are_usage_errors(template):
     (problem,) = template_problems(template)
@@ -120,6 +124,7 @@ def sweep_values(spec: dict) -> list:
             *[spec[bound] for bound in ("min", "max") if bound in spec]]
 
 
+@pytest.mark.fast
 def test_sweep_yaml_names_only_valid_overrides():
     sweep = yaml.safe_load(SWEEP.read_text())
     command = sweep["command"]

@@ -36,6 +36,7 @@ def _state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [t for s in optimizer.state.values() for t in s.values()]
 
 
+@pytest.mark.fast
 @pytest.mark.compat
 @pytest.mark.skipif(not engine.fused_adam_kernel_matches("cpu"), reason="no fast path on this torch: see tests/test_compat.py")
 def test_fused_adam_fast_path_is_bitwise_optimizer_step_through_a_resume_and_an_lr_change() -> None:
@@ -60,6 +61,7 @@ def test_fused_adam_fast_path_is_bitwise_optimizer_step_through_a_resume_and_an_
     assert not torch.equal(next(model.parameters()), next(MLPAutoencoder().parameters()))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("options", [{"foreach": True}, {"fused": True, "amsgrad": True}])
 def test_fused_adam_fast_path_steps_aside_for_what_it_does_not_cover(options: dict) -> None:
     torch.manual_seed(0)
@@ -74,6 +76,7 @@ def test_fused_adam_fast_path_steps_aside_for_what_it_does_not_cover(options: di
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
 
 
+@pytest.mark.fast
 def test_fused_adam_fast_path_leaves_a_parameter_without_gradient_to_step() -> None:
     model = MLPAutoencoder()
     optimizer = engine.build_optimizer(model, OptimConfig(), torch.device("cpu"))
@@ -87,6 +90,7 @@ def test_fused_adam_fast_path_leaves_a_parameter_without_gradient_to_step() -> N
     assert getattr(optimizer, "took_step", False) and not torch.equal(frozen, before)
 
 
+@pytest.mark.fast
 def test_loss_window_sums_and_names_the_first_non_finite_step() -> None:
     window = engine.LossWindow(torch.device("cpu"))
     for step, value in enumerate([0.5, 0.25, 0.125], start=1):
@@ -100,6 +104,7 @@ def test_loss_window_sums_and_names_the_first_non_finite_step() -> None:
     assert raised.value.step == 5
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_batches_are_the_images_at_the_sampler_indices(world_size: int) -> None:
     split = synthetic_split(300, seed=3)
@@ -116,6 +121,7 @@ def test_batches_are_the_images_at_the_sampler_indices(world_size: int) -> None:
     assert next(EpochBatches(odd, 8, 0, 1, seed=0).epoch(0)).shape == (8, 1, 1, 1)
 
 
+@pytest.mark.fast
 def test_benchmark_idx_files_read_back_through_torchvision(tmp_path) -> None:
     """benchmarks/throughput.py writes its data with benchmarks.idx_files; torchvision reads it as written."""
     from torchvision import datasets

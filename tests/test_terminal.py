@@ -52,6 +52,7 @@ def test_epoch_lines_stand_above_the_bar_on_a_terminal(tmp_path: Path) -> None:
     assert any(first < at and step > 23 for at, step in drawn)  # the bar went on below the epoch line
 
 
+@pytest.mark.fast
 def test_plain_lines_say_rate_and_time_left(capsys: pytest.CaptureFixture) -> None:
     progress = Progress("lines", total=100, enabled=True, every=10)
     progress.start_at(20)

@@ -95,6 +95,7 @@ def test_evaluate_recomputes_the_test_loss(tmp_path: Path, reference_runs) -> No
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.fast
 def test_threads_are_each_ranks_share_of_the_cores() -> None:
     from ae_dist.dist.group import cpu_threads
 

@@ -183,11 +183,13 @@ def write_netrc(path: Path, host: str = "api.wandb.ai") -> Path:
     return path
 
 
+@pytest.mark.fast
 def test_mode_without_credentials_is_offline(no_wandb_env):
     assert not wandb_run.has_wandb_credentials()
     assert wandb_run.wandb_mode("") == "offline"
 
 
+@pytest.mark.fast
 def test_mode_with_credentials_is_online(no_wandb_env, tmp_path):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
     assert wandb_run.wandb_mode("") == "online"
@@ -200,6 +202,7 @@ def test_mode_with_credentials_is_online(no_wandb_env, tmp_path):
     assert wandb_run.wandb_mode("") == "online"
 
 
+@pytest.mark.fast
 def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
     no_wandb_env.setenv("WANDB_API_KEY", FAKE_KEY)
     no_wandb_env.setenv("WANDB_MODE", "offline")  # a node without network: credentials, but offline
@@ -210,6 +213,7 @@ def test_configured_mode_then_wandb_mode_variable_win(no_wandb_env):
     assert wandb_run.wandb_mode("online") == "online"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("env", "group", "name"), [
     ({}, None, "exp1"),
     ({"SLURM_JOB_ID": "4242"}, "slurm-4242", "exp1-4242"),

@@ -8,7 +8,7 @@
     interrupted  runs killed at chosen points and rerun (shared by test_resume and test_wandb)
     launcher     `python -m launch` from a work folder; its registry; submitit's local tasks and their exit statuses
     wandb_offline  a reader of W&B's offline .wandb files
-    slurm        the ``slurm_cluster`` fixture (the local SLURM cluster)
+    slurm        the ``slurm_cluster`` fixture (the local SLURM cluster), and stand-in sbatch/srun/sinfo commands
     sshd         a private sshd on 127.0.0.1
     fixtures     session fixtures: ``reference_runs``
     hooks/       test-only behaviour, AE_DIST_TEST_HOOK=tests.helpers.hooks.<name>, imported by site/sitecustomize.py

@@ -67,6 +67,14 @@ def run_train(args: list[str], tmp: Path, nproc: int = 1, timeout: float = 300, 
     return result
 
 
+def run_module(module: str, *args: str, tmp: Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+               python: str | Path = PYTHON, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m module args`` run to its end (from ``cwd``, default ``tmp``), output captured: every test that
+    runs one of the project's commands once starts it here."""
+    return subprocess.run([str(python), "-m", module, *args], cwd=cwd or tmp, env=env or clean_env(tmp),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_dir_of(args: list[str]) -> Path:
     """The ``run.dir=`` of a trainer command line."""
     return Path(next(a for a in args if a.startswith("run.dir=")).split("=", 1)[1])
