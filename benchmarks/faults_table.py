@@ -1,4 +1,4 @@
-"""The README's fault table: run the fault-injection suite and print what each fault did.
+"""The fault table of docs/faults.md: run the fault-injection suite and print what each fault did.
 
     python benchmarks/faults_table.py                    # runs the suite (about 5 minutes on 2 cores), prints the table
     python benchmarks/faults_table.py --rows rows.jsonl  # prints the table of rows a run left

@@ -18,15 +18,21 @@ import yaml
 from tests.helpers.commands import REPO, run_module
 
 pytestmark = pytest.mark.slow
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "runs", "data", "build", "*.egg-info", "__pycache__", "wandb",
-                                     ".pytest_cache", ".ruff_cache", ".hypothesis")
+ANYWHERE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", "wandb", ".pytest_cache",
+                                  ".ruff_cache", ".hypothesis")
+
+
+def not_sources(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out; a run's ``runs/`` and ``data/`` only at the top (``ae_dist/data`` is code)."""
+    top = {"runs", "data"} & set(names) if Path(folder) == REPO else set()
+    return set(ANYWHERE(folder, names)) | top
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The python of a fresh venv holding only the wheel built from this checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
-    shutil.copytree(REPO, tmp / "src", ignore=NOT_SOURCES)
+    shutil.copytree(REPO, tmp / "src", ignore=not_sources)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
                     str(tmp / "src")], check=True, capture_output=True, timeout=600)
     wheel = next((tmp / "dist").glob("ae_dist-*.whl"))

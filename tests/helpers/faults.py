@@ -1,6 +1,6 @@
 """Fault injection: a small disk of its own, a full disk, one clear error line, the fault table.
 
-Each fault test may add a row to the README's fault table: with AE_DIST_FAULT_REPORT=PATH in
+Each fault test may add a row to the fault table of docs/faults.md: with AE_DIST_FAULT_REPORT=PATH in
 the environment, `report` appends one JSON line to PATH (benchmarks/faults_table.py prints them).
 """
 
@@ -59,7 +59,7 @@ def shown(line: str, run_dir: Path, width: int = 110) -> str:
 
 
 def report(fault: str, injected: str, outcome: str, work_lost: str, data_lost: str) -> None:
-    """One row of the README's fault table, when AE_DIST_FAULT_REPORT names a file."""
+    """One row of the fault table of docs/faults.md, when AE_DIST_FAULT_REPORT names a file."""
     path = os.environ.get("AE_DIST_FAULT_REPORT")
     if path:
         row = {"fault": fault, "injected": injected, "outcome": outcome, "work_lost": work_lost, "data_lost": data_lost}
