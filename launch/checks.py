@@ -2,6 +2,7 @@
 
     python -m launch --executor local --nodes 2 ...   # error: the local executor runs on this machine only ...
     python -m launch --sbatch time=10 ...             # error: sbatch option time is the launcher's own ...
+    python -m launch --sbatch arr=0-1 ...             # error: ... sbatch reads it as --array ...
 
 Each error names where the value came from (`Request.where`): the flag, or the profile file
 and key. What is refused in names and paths, and why, is `launch.shell`'s to say.
@@ -17,13 +18,25 @@ from ae_dist.errors import UsageError
 from launch import shell
 from launch.request import EXECUTORS, FIELDS, Request, flag_of
 
-# sbatch options the launcher writes itself: each has its own flag, or is none of the user's business.
-OWN_FLAG = {"nodes": "--nodes", "ntasks-per-node": "--tasks-per-node", "gpus-per-node": "--gpus-per-node",
-            "cpus-per-task": "--cpus-per-task", "mem": "--mem-gb", "time": "--time", "partition": "--partition",
-            "account": "--account", "qos": "--qos", "constraint": "--constraint", "job-name": "--job-name",
-            "signal": "--signal-delay-s", "array": "--array-parallelism", "requeue": "--max-requeues",
-            "no-requeue": "--max-requeues 0", "exclude": "--exclude", "no-kill": "--min-nodes"}
-LAUNCHERS_OWN = ("output", "error", "open-mode", "parsable", "wrap")  # logs go to run.dir/submitit, as the registry says
+# sbatch options the launcher writes itself, or that change the task layout it plans (one task per GPU, one
+# log per task in run.dir/submitit): each with the flag to use instead. sbatch also takes any unambiguous
+# prefix of a long option (`--arr` is `--array`), in #SBATCH lines too, so a key that begins one of these
+# names is refused as well (`refused_as`).
+LEAVE_OUT = "leave it out: the launcher writes it (each task's log goes to run.dir/submitit, as the registry says)"
+REFUSED = {"array": "use --array-parallelism N with --sweep KEY=V1,V2", "nodes": "use --nodes (and --min-nodes)",
+           "ntasks": "use --nodes and --tasks-per-node", "ntasks-per-node": "use --tasks-per-node",
+           "cpus-per-task": "use --cpus-per-task", "gpus": "use --gpus-per-node (one task per GPU)",
+           "gpus-per-node": "use --gpus-per-node", "gpus-per-task": "use --gpus-per-node (one task per GPU)",
+           "mem": "use --mem-gb", "time": "use --time", "partition": "use --partition", "account": "use --account",
+           "qos": "use --qos", "constraint": "use --constraint", "job-name": "use --job-name",
+           "signal": "use --signal-delay-s", "requeue": "use --max-requeues", "no-requeue": "use --max-requeues 0",
+           "exclude": "use --exclude", "no-kill": "use --min-nodes", "output": LEAVE_OUT, "error": LEAVE_OUT,
+           "open-mode": LEAVE_OUT, "parsable": LEAVE_OUT, "wrap": LEAVE_OUT}
+
+
+def refused_as(key: str) -> list[str]:
+    """The refused options sbatch could read ``key`` as: the option itself, or those it abbreviates."""
+    return [key] if key in REFUSED else [name for name in REFUSED if name.startswith(key)]
 
 
 def check(request: Request, scheduler_here: bool = True) -> None:
@@ -49,9 +62,13 @@ def check(request: Request, scheduler_here: bool = True) -> None:
     for key, value in request.sbatch:
         where = request.where(f"sbatch.{key}")
         shell.check_sbatch_key(key, where)
-        if key in OWN_FLAG or key in LAUNCHERS_OWN:
-            raise UsageError(f"sbatch option {key} is the launcher's own", where,
-                             f"use {OWN_FLAG[key]}" if key in OWN_FLAG else "leave it out: the launcher writes it")
+        taken = refused_as(key)
+        if taken == [key]:
+            raise UsageError(f"sbatch option {key} is the launcher's own", where, REFUSED[key])
+        if taken:
+            fixes = "; ".join(dict.fromkeys(f"for --{name}, {REFUSED[name]}" for name in taken))
+            raise UsageError(f"sbatch option {key} is the launcher's own: sbatch reads it as "
+                             f"{' or '.join('--' + name for name in taken)}", where, fixes)
         if value is not True:
             shell.check_sbatch_value(value, where)
     shell.check_lines(request.setup, request.where("setup"))

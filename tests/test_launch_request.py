@@ -105,6 +105,45 @@ def test_bad_sbatch_options_are_one_line_errors(argv: list[str], where: str, tmp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize(("item", "needle"), [
+    ("arr=0-1", "sbatch option arr is the launcher's own: sbatch reads it as --array"),
+    ("outp=/tmp/x", "sbatch reads it as --output (--sbatch outp): for --output, leave it out"),
+    ("tim=10", "sbatch reads it as --time (--sbatch tim): for --time, use --time"),
+    ("ntasks=7", "sbatch option ntasks is the launcher's own (--sbatch ntasks): use --nodes and --tasks-per-node"),
+    ("gpus-per-t=1", "sbatch reads it as --gpus-per-task"),
+    ("gpus=2", "sbatch option gpus is the launcher's own (--sbatch gpus): use --gpus-per-node"),
+    ("cpus-per-ta=4", "sbatch reads it as --cpus-per-task (--sbatch cpus-per-ta): for --cpus-per-task, use --cpus-per-task"),
+    ("part=gpu", "sbatch reads it as --partition"),
+    ("sig=USR1@60", "sbatch reads it as --signal"),
+    ("req", "sbatch reads it as --requeue"),
+    ("exc=n1", "sbatch reads it as --exclude"),
+    ("job=x", "sbatch reads it as --job-name"),
+    ("open=append", "sbatch reads it as --open-mode"),
+    ("wra=true", "sbatch reads it as --wrap"),
+    ("er=/tmp/e", "sbatch reads it as --error"),
+    ("no", "sbatch reads it as --nodes or --no-requeue or --no-kill"),
+])
+def test_abbreviated_sbatch_options_are_refused_like_their_full_names(item: str, needle: str, tmp_path: Path,
+                                                                      monkeypatch, capsys) -> None:
+    """sbatch takes any unambiguous prefix of a long option, in #SBATCH lines too: `arr=0-1` is `--array=0-1`."""
+    monkeypatch.chdir(tmp_path)
+    line = one_error(["--executor", "local", "--sbatch", item, *DIGITS, "run.dir=r"], capsys)
+    assert needle in line, line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.fast
+def test_options_that_only_begin_like_a_refused_one_pass() -> None:
+    """Full names of other options pass, however they begin: --time-min, --mem-per-cpu, --exclusive, --ntasks-per-core."""
+    from launch import checks
+
+    for key in ("time-min", "mem-per-cpu", "mem-per-gpu", "exclusive", "ntasks-per-core", "gpus-per-socket", "gres",
+                "nodelist", "reservation", "mail-type"):
+        assert checks.refused_as(key) == [], key
+    assert sorted(checks.refused_as("gpus-per")) == ["gpus-per-node", "gpus-per-task"]
+
+
 def test_profile_sbatch_keys_checked_and_unknown_profile_keys_refused(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     profile = tmp_path / "p.yaml"
