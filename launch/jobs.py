@@ -28,10 +28,9 @@ from ae_dist.dist import incidents
 from ae_dist.errors import UsageError
 from ae_dist.run.folder import RunDir
 from ae_dist.run.metrics import read_metrics
+from launch.states import ENDED, launcher_state, state_of
 
 REGISTRY = Path("runs") / "jobs.jsonl"
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-         "PREEMPTED", "ENDED"}
 FOLLOW_INTERVAL_S = 1.0
 
 
@@ -148,7 +147,7 @@ def run_complete(run_dir: str) -> bool:
 
 
 def states(record: Record) -> dict[str, str]:
-    """Current state of each run of the job: PENDING, RUNNING, REQUEUED, COMPLETED, FAILED, ..."""
+    """Current state of each run of the job, one of `launch.states.STATES`: PENDING, RUNNING, COMPLETED, ..."""
     if record.executor != "slurm":
         alive = record.executor == "local" and _controller_alive(record.job_id)
         return {run.job_id: "RUNNING" if alive else "COMPLETED" if run_complete(run.run_dir) else "ENDED"
@@ -156,13 +155,9 @@ def states(record: Record) -> dict[str, str]:
     queued = {}
     for line in _run(["squeue", "-h", "-j", record.job_id, "-o", "%i %T"]).splitlines():
         job, _, state = line.partition(" ")
-        queued[job] = state.strip()
-    last = {row["JobID"]: row["State"] for row in sacct_rows(record.job_id)}
-    result = {}
-    for run in record.runs:
-        pending_array = next((s for j, s in queued.items() if j.startswith(f"{record.job_id}_[")), None)
-        result[run.job_id] = queued.get(run.job_id) or pending_array or last.get(run.job_id, "UNKNOWN")
-    return result
+        queued[job] = launcher_state(state)
+    last = {row["JobID"]: launcher_state(row["State"]) for row in sacct_rows(record.job_id)}  # the newest instance
+    return {run.job_id: state_of(run.job_id, queued) or state_of(run.job_id, last) or "UNKNOWN" for run in record.runs}
 
 
 def finished(record: Record) -> bool:
@@ -257,17 +252,29 @@ def _print_new(path: Path, offset: int, prefix: str, out: IO[str], whole_lines: 
 
 
 def cancel(record: Record) -> str:
-    """scancel for SLURM; SIGTERM to the local controller (the trainer checkpoints, then stops)."""
+    """scancel for SLURM; SIGTERM to the local controller (the trainer checkpoints, then stops). A job whose
+    runs have all ended is left alone, and the line says so, with their states."""
+    now = states(record)
+    if all(state in ENDED for state in now.values()):
+        return f"job {record.job_id} had already ended ({_summary(now)}); nothing to cancel"
     if record.executor == "slurm":
         result = subprocess.run(["scancel", record.job_id], capture_output=True, text=True, timeout=60)
         if result.returncode:
             raise UsageError(f"scancel refused ({result.stderr.strip().splitlines()[-1:]})", record.job_id,
                              "check the job id with python -m launch status")
-        return f"cancelled job {record.job_id}"
+        done = {job: state for job, state in now.items() if state in ENDED}
+        return f"cancelled job {record.job_id}" + (f" (already ended: {_summary(done)})" if done else "")
     if record.executor == "local" and _controller_alive(record.job_id):
         os.kill(int(record.job_id), signal.SIGTERM)
         return f"stopping local job {record.job_id} (checkpoint, then exit)"
     return f"job {record.job_id} is not running"
+
+
+def _summary(now: dict[str, str]) -> str:
+    """"COMPLETED" for one run, or each run's state: "4242_0 COMPLETED, 4242_1 CANCELLED"."""
+    if len(now) == 1:
+        return next(iter(now.values()))
+    return ", ".join(f"{job} {state}" for job, state in now.items())
 
 
 SKIPPED_DIRS = {"checkpoints", "submitit"}

@@ -41,7 +41,7 @@ def test_a_torn_registry_line_is_skipped_with_one_warning(tmp_path: Path, monkey
         fh.write('{"job_id": "12", "executor": "slu')  # torn: no end, no newline
     jobs.remember(record("13", tmp_path / "b"))
     for argv, says in ((["status", "11"], "job 11 (debug"), (["status"], "job 13 (debug"),
-                       (["logs", "11", "--no-follow"], "log of 11"), (["cancel", "13"], "job 13 is not running"),
+                       (["logs", "11", "--no-follow"], "log of 11"), (["cancel", "13"], "job 13 had already ended"),
                        (["fetch", "11", "--to", "out"], "fetched out/a")):
         assert cli.main(argv) == 0
         out, err = capsys.readouterr()
