@@ -19,7 +19,7 @@ from ae_dist.config import Config, dump_yaml, to_dict
 from ae_dist.dist.group import DistInfo, barrier
 from ae_dist.errors import UsageError
 from ae_dist.models import build_model
-from ae_dist.run import checkpoint, resume
+from ae_dist.run import checkpoint, completion, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
 from ae_dist.run.lease import Lease
@@ -47,7 +47,8 @@ class Training:
 
 def build(config: Config, info: DistInfo) -> Training:
     """Data, model, optimizer, and the state to continue from, agreed by every rank; rank 0 then holds
-    the run folder's lease and writes its config, unless the run is complete (nothing is rewritten)."""
+    the run folder's lease and writes its config, unless the run is complete (`completion.is_complete`: nothing
+    is rewritten); a continuation of a complete run (a larger train.epochs) clears its completion record."""
     torch.manual_seed(config.train.seed)
     train_split, test_split = load_data(config, info)
     check_split_sizes(config, len(train_split))
@@ -63,8 +64,7 @@ def build(config: Config, info: DistInfo) -> Training:
     def decide() -> dict:
         nonlocal lease, decision
         decision = resume.decide(config.train.resume, run_dir, resolved, shapes, warn)
-        saved = decision.payload or {}
-        if not is_complete(config, saved.get("epoch", 0), saved.get("step", 0)) or not run_dir.model.exists():
+        if not completion.is_complete(run_dir, config.train):
             lease = Lease(run_dir.root, config.run.lease_stale_s)
             lease.take()
         return {"path": str(decision.path) if decision.path else "", "token": lease.token if lease else ""}
@@ -91,14 +91,11 @@ def build(config: Config, info: DistInfo) -> Training:
     if state.resumed_from is not None:
         checkpointer.saved_step = state.step
         training.say(f"resumed from {state.resumed_from} (epoch {state.epoch + 1}, step {state.step})")
-    if lease is not None and not is_complete(config, state.epoch, state.step):
+    if lease is not None and not completion.reached(config.train, state.epoch, state.step):
+        completion.clear(run_dir)  # a continuation starts: not complete until its own wrap-up
         resume.record(run_dir, state.step, decision.changes if decision else {})
         prepare_run_dir(run_dir, config)
     return training
-
-
-def is_complete(config: Config, epoch: int, step: int) -> bool:
-    return epoch >= config.train.epochs or bool(config.train.max_steps and step >= config.train.max_steps)
 
 
 def check_split_sizes(config: Config, train_images: int) -> None:

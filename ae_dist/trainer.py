@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ae_dist import data, engine
-from ae_dist.build import Training, build, check_split_sizes, is_complete, load_data, wrap
+from ae_dist.build import Training, build, check_split_sizes, load_data, wrap
 from ae_dist.config import Config, check_world_size, to_dict
 from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
 from ae_dist.dist.job import Job
@@ -27,6 +27,7 @@ from ae_dist.monitor import plots, ranks
 from ae_dist.monitor.console import Progress
 from ae_dist.monitor.monitor import Monitor, NullMonitor
 from ae_dist.monitor.wandb_run import check_credentials
+from ae_dist.run import completion
 from ae_dist.run.agree import agree_run_dir
 from ae_dist.run.checkpoint import write_atomic
 from ae_dist.run.folder import RunDir, record_launch
@@ -82,11 +83,12 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
 def fit(t: Training, stop: StopSignals) -> RunResult:
     """The training loop: steps, logging, checkpoints, stop requests and epoch ends, in this order."""
     cfg, state, info = t.config, t.state, t.info
-    if is_complete(cfg, state.epoch, state.step):
+    if completion.reached(cfg.train, state.epoch, state.step):
         stop.phase = FINISHING
         t.say(f"run complete: {t.run_dir.root} (step {state.step})")
-        if info.is_main and not t.run_dir.model.exists():
+        if info.is_main and not completion.is_complete(t.run_dir, cfg.train):  # stopped during its wrap-up
             finish(t)
+            completion.write(t.run_dir, cfg.train, state.epoch, state.step)
         return RunResult("completed", t.run_dir.root, state.step)
     model = wrap(t.model, cfg, info)
     batches = data.EpochBatches(t.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed)
@@ -102,7 +104,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     stopped_by = 0  # the signal number that stopped the run, agreed by every rank
     try:
         stop.phase, at_max = TRAINING, False  # from here a stop signal means: checkpoint at the next step boundary
-        while not is_complete(cfg, state.epoch, state.step):
+        while not completion.reached(cfg.train, state.epoch, state.step):
             model.train()
             window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
             for images in batches.epoch(state.epoch, start=state.batch):
@@ -145,6 +147,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
         if info.is_main and not stopped_by:
             finish(t)
             monitor.log_model(t.run_dir.model, state.step, state.epoch)  # before W&B closes
+            completion.write(t.run_dir, cfg.train, state.epoch, state.step)  # the wrap-up has finished
     finally:
         stop.phase = FINISHING
         progress.close()

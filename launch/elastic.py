@@ -120,17 +120,20 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message, self.prog, f"see {self.prog} --help")
 
 
-def trainer_run_dir(run_dir: str | None, trainer_args: list[str]) -> Path:
-    """--run-dir, else the run folder the trainer's own arguments (--config, key=value) name."""
-    if run_dir:
-        return Path(run_dir)
+def trainer_config(trainer_args: list[str]) -> Config:
+    """The config the trainer's own arguments (--config, key=value) make."""
     config_path, rest = None, list(trainer_args)
     for at, arg in enumerate(rest):
         if arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
         elif arg == "--config" and at + 1 < len(rest):
             config_path = rest[at + 1]
-    return Path(load_config(config_path, [a for a in rest if "=" in a and not a.startswith("-")]).run.dir)
+    return load_config(config_path, [a for a in rest if "=" in a and not a.startswith("-")])
+
+
+def trainer_run_dir(run_dir: str | None, trainer_args: list[str]) -> Path:
+    """--run-dir, else the run folder the trainer's own arguments (--config, key=value) name."""
+    return Path(run_dir) if run_dir else Path(trainer_config(trainer_args).run.dir)
 
 
 @reporting
@@ -149,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     args, trainer_args = parser.parse_args(argv[:split]), argv[split + 1:]  # after --: the trainer's arguments
     run_dir = trainer_run_dir(args.run_dir, trainer_args)  # a bad config ends here, before torchrun starts
-    if args.command == "settle":
-        return settle(args.status, run_dir, args.max_node_failures, args.max_requeues)
+    if args.command == "settle":  # with the trainer's arguments, their train.epochs / max_steps decide too
+        train = trainer_config(trainer_args).train if trainer_args else None
+        return settle(args.status, run_dir, args.max_node_failures, args.max_requeues, train=train)
     skip = incidents.failed_hosts(RunDir(run_dir).incidents, Job.from_env().id)
     plan = node_plan(args.min_nodes, args.nproc_per_node, args.max_restarts, skip)
     return run_node(plan, trainer_args, run_dir)

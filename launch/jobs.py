@@ -26,6 +26,7 @@ import yaml
 
 from ae_dist.dist import incidents
 from ae_dist.errors import UsageError
+from ae_dist.run import completion
 from ae_dist.run.folder import RunDir
 from ae_dist.run.metrics import read_metrics
 from launch.states import ENDED, launcher_state, state_of
@@ -143,7 +144,8 @@ def _controller_alive(pid: str) -> bool:
 
 
 def run_complete(run_dir: str) -> bool:
-    return RunDir(Path(run_dir)).model.exists()
+    """The trainer's own answer (`ae_dist.run.completion`): its wrap-up recorded the run complete."""
+    return completion.is_complete(RunDir(Path(run_dir)))
 
 
 def states(record: Record) -> dict[str, str]:
@@ -175,7 +177,7 @@ def progress(run_dir: str) -> str:
         return "no epoch finished yet"
     last = done[-1]
     line = f"epoch {last['epoch']}/{epochs}, step {last['step']}, test loss {last['test_loss']:.4f}"
-    return line + (", model.pt written" if run_complete(run_dir) else "")
+    return line + (", complete (model.pt written)" if run_complete(run_dir) else "")
 
 
 def status(record: Record, out: IO[str] | None = None) -> None:

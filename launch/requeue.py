@@ -5,8 +5,11 @@ submitit job through its teardown line, so the job's state in sacct is this deci
 
     python -m launch.elastic settle --status $? --run-dir runs/x --max-node-failures 2
 
-- the run folder holds model.pt: the run is complete (the survivors finished after a node was
-  lost, even if srun reports the lost node's task as killed): exit 0, COMPLETED;
+- the run is complete (`ae_dist.run.completion`: its wrap-up recorded it, for the job's own
+  train.epochs and train.max_steps when the trainer's arguments are given; the survivors
+  finished after a node was lost, even if srun reports the lost node's task as killed): exit 0,
+  COMPLETED. A finished run continued with a larger train.epochs is not complete until that
+  continuation's wrap-up, whatever model.pt it still holds from before;
 - an incident of this start of the job named hosts (a rank hung, or its node was lost) and the
   run is not complete, or the trainer stopped on a signal (exit 75): `scontrol requeue`, then
   `scontrol update ExcNodeList=` the job's excluded hosts plus every host its incidents named
@@ -23,11 +26,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ae_dist.dist import incidents
 from ae_dist.dist.job import Job, expand_hosts
 from ae_dist.errors import EXIT_PREEMPTED, printable
+from ae_dist.run import completion
 from ae_dist.run.folder import RunDir
+
+if TYPE_CHECKING:
+    from ae_dist.config import TrainConfig
 
 
 def say(line: str) -> None:
@@ -61,13 +69,14 @@ def requeue(job: str, exclude: list[str]) -> bool:
 
 
 def settle(status: int, run_dir: Path, max_node_failures: int, max_requeues: int | None,
-           env: dict[str, str] | None = None) -> int:
-    """The batch script's exit status for an elastic job step that ended with ``status``; may requeue the job."""
+           env: dict[str, str] | None = None, train: TrainConfig | None = None) -> int:
+    """The batch script's exit status for an elastic job step that ended with ``status``; may requeue the job.
+    ``train``: the job's train section, when known (its targets decide, with the completion record)."""
     env = dict(os.environ if env is None else env)
     job, restart = env.get("SLURM_JOB_ID", ""), env.get("SLURM_RESTART_COUNT", "0")
     folder = RunDir(run_dir)
-    if folder.model.exists():
-        say(f"run complete ({folder.model}); job step status {status}")
+    if completion.is_complete(folder, train):
+        say(f"run complete ({folder.complete}); job step status {status}")
         return 0
     failed_now = incidents.failed_hosts(folder.incidents, Job.from_env(env).id, restart)
     if not failed_now and status != EXIT_PREEMPTED:

@@ -57,6 +57,10 @@ class RunDir:
         return self.root / "model-ema.pt"
 
     @property
+    def complete(self) -> Path:  # the completion record: step and epoch the wrap-up finished at (ae_dist.run.completion)
+        return self.root / "complete.json"
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 
