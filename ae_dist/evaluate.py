@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ae_dist.config import Config, load_saved
+from ae_dist.config import Config, load_saved, resolve_paths
 from ae_dist.config.cli import evaluate_args
 from ae_dist.errors import UsageError, reporting
 from ae_dist.run.folder import RunDir
@@ -34,7 +34,7 @@ EVAL_FOLDER = "eval"
 def read_run_config(folder: RunDir, overrides: list[str] | None = None) -> Config:
     if not folder.config.is_file():
         raise UsageError("not a run folder (no config.yaml)", str(folder.root), "give the run.dir of a run")
-    return load_saved(folder.config, overrides)
+    return resolve_paths(load_saved(folder.config, overrides))  # data.root=~/data: below $HOME
 
 
 def load_weights(folder: RunDir) -> tuple[dict[str, Any], str]:

@@ -16,7 +16,7 @@ import torch
 
 from ae_dist import data, engine
 from ae_dist.build import Training, build, check_split_sizes, load_data, wrap
-from ae_dist.config import Config, check_world_size, to_dict
+from ae_dist.config import Config, check_world_size, resolve_paths, to_dict
 from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
 from ae_dist.dist.job import Job
 from ae_dist.dist.liveness import die_with_launcher
@@ -53,6 +53,7 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     that failed says so (`ae_dist.errors.say`), unless every rank raised it alike.
     """
     stop = stop or StopSignals.install()
+    config = resolve_paths(config)  # run.dir=~/runs/x: below $HOME, the run.dir template too
     env = read_env()
     check_world_size(config, int(env.get("WORLD_SIZE", "1")))  # before any rank waits for the others
     check_credentials(config.wandb)  # wandb.mode=online without credentials: exit 2 before any work
@@ -210,6 +211,7 @@ def finish(t: Training) -> None:
 
 def dry_run(config: Config) -> int:
     """Load the data, build the model, take two steps on a copy of nothing: the run folder is not touched."""
+    config = resolve_paths(config)
     check_world_size(config, int(read_env().get("WORLD_SIZE", "1")))
     with distributed(config.train.device, config.dist.timeout_s) as info:
         torch.manual_seed(config.train.seed)

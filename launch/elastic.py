@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from ae_dist.config import Config, check_world_size, dump_yaml, load_config
+from ae_dist.config import Config, check_world_size, dump_yaml, load_config, resolve_paths
 from ae_dist.dist import incidents
 from ae_dist.dist.job import Job
 from ae_dist.errors import UsageError, reporting
@@ -121,14 +121,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def trainer_config(trainer_args: list[str]) -> Config:
-    """The config the trainer's own arguments (--config, key=value) make."""
+    """The config the trainer's own arguments (--config, key=value) make, its paths as the trainer resolves them."""
     config_path, rest = None, list(trainer_args)
     for at, arg in enumerate(rest):
         if arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
         elif arg == "--config" and at + 1 < len(rest):
             config_path = rest[at + 1]
-    return load_config(config_path, [a for a in rest if "=" in a and not a.startswith("-")])
+    return resolve_paths(load_config(config_path, [a for a in rest if "=" in a and not a.startswith("-")]))
 
 
 def trainer_run_dir(run_dir: str | None, trainer_args: list[str]) -> Path:

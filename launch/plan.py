@@ -8,14 +8,12 @@ points log to one W&B group. Points that would share a config or a folder are re
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import os
 import re
 import shlex
 from pathlib import Path
 
-from ae_dist.config import Config, build_config, check_world_size, to_flat
+from ae_dist.config import Config, build_config, check_world_size, resolve_paths, to_flat
 from ae_dist.errors import UsageError
 from launch import shell
 
@@ -52,20 +50,10 @@ def parse_sweeps(items: list[str]) -> list[tuple[str, list[str]]]:
     return sweeps
 
 
-def _absolute(config: Config) -> Config:
-    """Paths resolved against the submitting folder, so every task writes to the same place."""
-    train = config.train
-    if train.resume not in ("auto", "changed", "never"):
-        train = dataclasses.replace(train, resume=os.path.abspath(train.resume))
-    return dataclasses.replace(config, train=train,
-                               run=dataclasses.replace(config.run, dir=os.path.abspath(config.run.dir)),
-                               data=dataclasses.replace(config.data, root=os.path.abspath(config.data.root)))
-
-
 def plan_runs(config: Config, sweeps: list[tuple[str, list[str]]], world_size: int) -> list[Config]:
     """One config per run: the config itself, or one per point of the sweep (own run.dir, one W&B group)."""
     shell.check_folder(config.run.dir, "run.dir")
-    config = _absolute(config)
+    config = resolve_paths(config, absolute=True)  # ~ and relative paths, here: every task writes to the same place
     if not sweeps:
         check_world_size(config, world_size)
         return [config]

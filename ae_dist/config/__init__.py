@@ -27,6 +27,8 @@ from ae_dist.config.schema import (
     load_config,
     load_saved,
     parse_overrides,
+    path_keys,
+    resolve_paths,
     suggest_key,
     to_dict,
     to_flat,
@@ -37,6 +39,6 @@ from ae_dist.config.types import choices
 __all__ = [
     "DEFAULT_CONFIG", "PACKAGED_CONFIGS", "CheckpointConfig", "Config", "DataConfig", "DistConfig", "ModelConfig",
     "OptimConfig", "RunConfig", "TrainConfig", "WandbConfig", "build_config", "check_world_size", "choices",
-    "dump_yaml", "find_config", "from_dict", "leaf_fields", "load_config", "load_saved", "parse_overrides",
-    "suggest_key", "to_dict", "to_flat", "validate",
+    "dump_yaml", "find_config", "from_dict", "leaf_fields", "load_config", "load_saved", "parse_overrides", "path_keys",
+    "resolve_paths", "suggest_key", "to_dict", "to_flat", "validate",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -25,17 +26,20 @@ from ae_dist.config.types import choices, convert, shown, type_word
 from ae_dist.errors import UsageError
 
 
-def _field(default: Any, help: str) -> Any:
+def _field(default: Any, help: str, path: bool | tuple[str, ...] = False) -> Any:
+    """A config field; ``path``: its value is a file or folder (True), or one unless it is one of these words,
+    which `resolve_paths` expands (``~``) and, for the launcher, makes absolute."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "path": path})
 
 
 @dataclass(frozen=True)
 class DataConfig:
     name: Literal["fashion_mnist", "mnist", "digits", "synthetic"] = _field(
        "fashion_mnist", "dataset; digits (scikit-learn's, bundled) and synthetic need no download")
-    root: str = _field("./data", "folder holding torchvision's dataset folders (FashionMNIST/raw, MNIST/raw)")
+    root: str = _field("./data", "folder holding torchvision's dataset folders (FashionMNIST/raw, MNIST/raw)",
+                       path=True)
     download: bool = _field(True, "download fashion_mnist/mnist into data.root when missing")
     synthetic_train: int = _field(60_000, "number of training images of the synthetic dataset")
     synthetic_test: int = _field(10_000, "number of test images of the synthetic dataset")
@@ -57,7 +61,8 @@ class TrainConfig:
     batch_size: int = _field(64, "GLOBAL batch over all ranks (divisible by world size); incomplete last batch dropped")
     seed: int = _field(0, "seed for weights, the per-epoch permutation and all RNGs")
     resume: str = _field("auto", "auto (newest complete checkpoint in run.dir) | changed (the same, accepting changed "
-                                 "config values, recorded in config-history.jsonl) | never | PATH to a checkpoint")
+                                 "config values, recorded in config-history.jsonl) | never | PATH to a checkpoint",
+                         path=("auto", "changed", "never"))
     max_steps: int = _field(0, "stop after this many optimizer steps in all (0 = no limit); the run can be continued")
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
     eval_batch_size: int = _field(1000, "batch size for the test-split pass")
@@ -85,7 +90,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = _field("runs/default", "run folder (~ expands): config, metrics, checkpoints, weights, pictures; "
-                                      "same folder = resume")
+                                      "same folder = resume", path=True)
     progress: Literal["auto", "bar", "lines", "off"] = _field(
         "auto", "auto = a bar on a terminal, else plain lines with rate and ETA (SLURM logs)")
     lease_stale_s: float = _field(60.0, "a run folder's lease held from another host is taken over when its "
@@ -255,7 +260,7 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
     problems += template_problems(flat["run.dir"])  # run.dir may name {wandb_run_id}, {date}, {time}
     if not flat["run.dir"].strip():
         problems.append(("empty run folder", "run.dir", "give a folder path"))
-    for key in ("run.dir", "data.root"):
+    for key in path_keys():
         name = flat[key].encode("utf-8", "surrogateescape")
         if b"\0" in name or len(name) >= 4096 or any(len(part) > 255 for part in name.split(b"/")):
             problems.append(("not a usable path (a NUL byte, or a name too long)", key, "give a shorter folder path"))
@@ -271,6 +276,30 @@ def _parameter_count(flat: dict[str, Any]) -> int:
     channels = [1, *flat["model.channels"]]
     side = 28 >> (len(channels) - 1)
     return 2 * (sum(9 * a * b for a, b in zip(channels, channels[1:])) + channels[-1] * side * side * latent)
+
+
+def path_keys() -> dict[str, tuple[str, ...]]:
+    """Every key whose value is a path (its field says ``path=``), with the words that are not paths."""
+    return {key: () if f.metadata["path"] is True else f.metadata["path"]
+            for key, (_, f) in leaf_fields().items() if f.metadata["path"]}
+
+
+def resolve_paths(config: Config, absolute: bool = False) -> Config:
+    """``config`` with ``~`` expanded in every path key (`path_keys`), to this machine's home; with ``absolute``,
+    each also made absolute against the working folder. The one place paths are resolved: the trainer at its
+    start, and the launcher where it submits (under --remote, on the login node: ``~`` is the home there)."""
+    changed: dict[str, dict[str, str]] = {}
+    for key, words in path_keys().items():
+        section, name = key.split(".", 1)
+        value = getattr(getattr(config, section), name)
+        if not value or value in words:
+            continue
+        resolved = os.path.expanduser(value)
+        resolved = os.path.abspath(resolved) if absolute else resolved
+        if resolved != value:
+            changed.setdefault(section, {})[name] = resolved
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)
+                                          for section, values in changed.items()})
 
 
 def check_world_size(config: Config, world_size: int) -> None:
@@ -324,4 +353,4 @@ def dump_yaml(config: Config) -> str:
 
 
 __all__ = ["PACKAGED_CONFIGS", "DEFAULT_CONFIG", "Config", "load_config", "load_saved", "build_config", "check_world_size",
-           "to_dict", "from_dict", "dump_yaml", "choices", "suggest_key"]
+           "to_dict", "from_dict", "dump_yaml", "choices", "suggest_key", "path_keys", "resolve_paths"]

@@ -23,10 +23,7 @@ RUN_INFO = "run.json"
 class RunDir:
     """The layout of one run folder (``run.dir``)."""
 
-    root: Path
-
-    def __post_init__(self) -> None:  # run.dir=~/x means the home folder's x, as data.root does
-        object.__setattr__(self, "root", Path(self.root).expanduser())
+    root: Path  # as the config has it, ~ expanded already (`ae_dist.config.resolve_paths`)
 
     @property
     def config(self) -> Path:  # the resolved config in effect
