@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ae_dist import data, engine
 from ae_dist.config import Config, dump_yaml, to_dict
 from ae_dist.dist.group import DistInfo, barrier
-from ae_dist.errors import UsageError
+from ae_dist.errors import UsageError, os_fix
 from ae_dist.models import build_model
 from ae_dist.run import checkpoint, completion, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
@@ -137,6 +137,6 @@ def prepare_run_dir(run_dir: RunDir, config: Config) -> None:
         tmp.write_text(dump_yaml(config), encoding="utf-8")
         tmp.replace(run_dir.config)
     except OSError as err:
-        raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", "choose a writable folder") from None
+        raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", os_fix(err)) from None
     if "torch" not in run_dir.read_info():
         run_dir.write_info(torch=torch.__version__, python=sys.version.split()[0])

@@ -23,7 +23,20 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; run the same command to continue
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT) after a checkpoint, as shells report 128 + SIGINT
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+# A write the OS refused, by its cause (the OS's own words name it: "Read-only file system", "Permission
+# denied", ...): what fixes it. The run then continues with the same command.
+OS_FIXES: dict[int, str] = {
+    errno.EROFS: "remount it read-write, or continue in a copy of the run folder on a writable file system (run.dir=COPY)",
+    errno.EACCES: "give this user permission there (ls -ld shows the owner), or continue in a copy of the run "
+                  "folder that this user owns (run.dir=COPY)",
+    errno.EPERM: "give this user permission there (ls -ld shows the owner), or continue in a copy of the run "
+                 "folder that this user owns (run.dir=COPY)",
+    errno.EDQUOT: "free space within your quota (quota -s shows it), or ask for a larger one",
+    errno.ENOSPC: "free space on that file system (df -h shows how much is left)",
+    errno.EIO: "check the disk or the network file system (dmesg) before continuing",
+    errno.EFBIG: "use a file system that takes larger files",
+}
+DISK_ERRNOS = tuple(OS_FIXES)
 QUOTE_LIMIT = 200  # characters of a user's value quoted in a message, at most
 
 
@@ -63,7 +76,7 @@ class CheckpointFailed(AeDistError):
 
 
 class DiskFull(AeDistError):
-    """metrics.jsonl, pictures, model.pt or W&B files could not be written."""
+    """The run folder could not be written (a full disk, a quota, a read-only file system, permission denied)."""
 
 
 class Diverged(AeDistError):
@@ -94,13 +107,18 @@ def quote(value: object) -> str:
     return printable(text, QUOTE_LIMIT)
 
 
+def os_fix(err: OSError, intact: str = "the newest checkpoint is intact") -> str:
+    """The fix for a write the OS refused with ``err``, then ``intact`` and how to continue."""
+    return f"{OS_FIXES.get(err.errno or 0, 'fix what the OS reports')}; {intact}: then run the same command to resume"
+
+
 def as_error(err: BaseException, where: str) -> AeDistError | None:
-    """The project error an exception stands for, or None: a full or failed disk becomes `DiskFull`."""
+    """The project error an exception stands for, or None: a write the OS refused (a read-only file system,
+    permission denied, a quota, a full disk, ...) becomes `DiskFull`, naming the OS's cause and its fix."""
     if isinstance(err, AeDistError):
         return err
-    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-        return DiskFull(f"cannot write {err.filename or where}: {err.strerror}", "run.dir",
-                        "the newest checkpoint is intact; free space, then run the same command to resume")
+    if isinstance(err, OSError) and err.errno in OS_FIXES:
+        return DiskFull(f"cannot write {err.filename or where}: {err.strerror}", "run.dir", os_fix(err))
     return None
 
 

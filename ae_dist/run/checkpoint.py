@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ae_dist.errors import CheckpointFailed, UsageError
+from ae_dist.errors import CheckpointFailed, UsageError, os_fix
 
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
 REQUIRED = {"model", "optimizer", "epoch", "batch", "step", "config", "rng"}
@@ -89,8 +89,8 @@ class Checkpointer:
             try:
                 save(self.folder, model, optimizer, state, self.config, self.keep)
             except CheckpointWriteError as err:
-                raise CheckpointFailed(err.strerror, "run.dir", "the previous checkpoint is intact; free space, "
-                                       "then run the same command to resume") from None
+                raise CheckpointFailed(err.strerror, "run.dir", os_fix(err, intact="the previous checkpoint is intact")
+                                       ) from None
         self.saved_step = state.step
 
 
