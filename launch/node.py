@@ -9,7 +9,8 @@ hung: `ae_dist.dist.liveness`), and every second looks in ``run.dir/incidents/``
 this start of the job that names a hung host: then it ends torchrun (at once on that host),
 so that the job step ends on every node and `launch.requeue` requeues the job without it.
 Its exit status is the trainer's contract: 0 done, 75 stopped by a signal after a checkpoint
-(torchrun itself exits 1 then), anything else a failure.
+(torchrun itself exits 1 then), anything else a failure; whether the job is then requeued is
+the batch script's `settle` to decide (`launch.requeue`), not a node's.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def run_node(plan: NodePlan, trainer_args: list[str], run_dir: Path, env: dict[s
     stop = StopRecorder()
     command = plan.torchrun(trainer_args)
     say(f"{plan.host} (job {plan.job}, restart {restart}): {shlex.join(command)}")
+    started = time.time()
     proc = subprocess.Popen(command, env=env)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # here only: a store that goes away is no news
     from ae_dist.dist.liveness import HostBeat  # torch: imported while torchrun starts
@@ -162,7 +164,31 @@ def run_node(plan: NodePlan, trainer_args: list[str], run_dir: Path, env: dict[s
         return EXIT_FAILED
     status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     if status and stop.received:  # torchrun passed the signal on and exits 1 itself (its traceback above)
-        say(f"torchrun on {plan.host} stopped by signal {stop.received}: the workers checkpointed; exit "
-            f"{exit_status(stop.received)}, the job is requeued")
+        say(stopped_line(plan.host, stop.received, RunDir(run_dir).checkpoints, started))
         return exit_status(stop.received)
     return status
+
+
+# Why a stop signal reaches a node's launcher, as far as the signal tells.
+WHY = {signal.SIGTERM: "SLURM ends the job step: a cancel, the time limit, or the job ending on another node",
+       signal.SIGUSR1: "the pre-timeout or preemption warning", signal.SIGUSR2: "the pre-timeout or preemption warning",
+       signal.SIGINT: "an interrupt", signal.SIGHUP: "the session that started it went away"}
+
+
+def stopped_line(host: str, received: int, checkpoints: Path, started: float) -> str:
+    """What happened when a stop signal ended this node's torchrun: the signal and its usual cause, the checkpoint
+    the workers wrote since ``started`` (or none), the exit status. Whether the job is requeued is not this
+    node's to say: the batch script's `settle` decides it after the step (if the script itself still runs)."""
+    name = signal.Signals(received).name
+    written = [path for path in checkpoints.glob("step_*.pt") if _mtime(path) >= started]
+    saved = (f"the newest checkpoint of this start is {max(written).name}" if written else
+             "no checkpoint was written since this start")
+    return (f"torchrun on {host} stopped by signal {received} ({name}: {WHY.get(received, 'a stop signal')}); "
+            f"{saved}; exit {exit_status(received)}")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

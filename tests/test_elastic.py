@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -194,6 +195,28 @@ def test_pre_timeout_signal_through_torchrun_requeues_and_resumes_exactly(
           f"uninterrupted run; {time.monotonic() - started:.0f} s")
 
 
+def test_continued_finished_run_stopped_by_the_pre_timeout_signal_is_requeued(
+        slurm_cluster: SlurmCluster, tmp_path: Path, env, reference) -> None:
+    """A finished run continued with a larger train.epochs, stopped by the pre-timeout signal during the
+    continuation: requeued (its model.pt of 3 epochs notwithstanding), then COMPLETED at the new epoch count."""
+    started, run_dir = time.monotonic(), tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    done = final(reference)["step"]
+    job = launch_elastic(slurm_cluster, tmp_path, env, "train.epochs=4")
+    try:
+        wait_for(lambda: max(checkpoint_steps(run_dir)) > done, 300, "a checkpoint of the continuation", interval=0.05)
+        slurm_cluster.run(["scancel", "--signal=USR1", job])  # what --signal=USR1@120 sends before the limit
+        rows = wait_ended(slurm_cluster, job)
+    finally:
+        slurm_cluster.run(["scancel", job], check=False)
+    assert rows[0] == "REQUEUED" and rows[-1] == "COMPLETED", rows
+    log = "".join(Path(p).read_text() for p in submitted(tmp_path).runs[0].logs if Path(p).exists())
+    assert "requeueing job" in log and "resumed from" in log, log[-3000:]
+    assert final(run_dir)["epoch"] == 4 and json.loads((run_dir / "complete.json").read_text())["epoch"] == 4
+    print(f"\n[continued, USR1] job {job}: sacct {rows}, completed at epoch {final(run_dir)['epoch']}, step "
+          f"{final(run_dir)['step']}; {time.monotonic() - started:.0f} s")
+
+
 def test_hung_rank_is_named_and_its_host_excluded_on_requeue(
         slurm_cluster: SlurmCluster, tmp_path: Path, env, reference) -> None:
     started, run_dir = time.monotonic(), tmp_path / "run"
@@ -276,5 +299,27 @@ def test_settle_budget_and_completion(tmp_path: Path) -> None:
             {"kind": "silent", "job": "slurm-77", "restart": restart, "silent": [{"rank": 1, "host": host, "kind": "hung"}]}))
     assert failed_hosts(incidents, "slurm-77", "1") == ["n2", "n3"] and failed_hosts(incidents, "slurm-77") == ["n1", "n2", "n3"]
     assert settle(137, tmp_path, max_node_failures=2, max_requeues=None, env=env) == 1  # 3 hosts failed: not requeued
-    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "model.pt").write_bytes(b"")  # weights alone (kept from before a continuation): not complete
+    assert settle(137, tmp_path, max_node_failures=2, max_requeues=None, env=env) == 1
+    (tmp_path / "complete.json").write_text('{"epoch": 3, "step": 69}')  # the wrap-up's record
     assert settle(137, tmp_path, max_node_failures=2, max_requeues=None, env=env) == 0  # the survivors finished
+
+
+@pytest.mark.fast
+def test_a_node_stopped_by_the_step_end_says_what_happened(tmp_path: Path) -> None:
+    """When the first node dies, SLURM ends the step with SIGTERM on the survivor: its line names that, says which
+    checkpoint this start wrote (if any), and claims no requeue (the batch script's settle decides, if it runs)."""
+    from launch.node import stopped_line
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "step_00000010.pt").write_bytes(b"")
+    os.utime(checkpoints / "step_00000010.pt", (1, 1))  # written by an earlier start
+    started = time.time() - 1
+    line = stopped_line("aenode2", signal.SIGTERM, checkpoints, started)
+    assert line == ("torchrun on aenode2 stopped by signal 15 (SIGTERM: SLURM ends the job step: a cancel, the time "
+                    "limit, or the job ending on another node); no checkpoint was written since this start; exit 75")
+    (checkpoints / "step_00000030.pt").write_bytes(b"")
+    line = stopped_line("aenode2", signal.SIGUSR1, checkpoints, started)
+    assert "(SIGUSR1: the pre-timeout or preemption warning); the newest checkpoint of this start is step_00000030.pt" \
+        in line and "requeue" not in line, line
