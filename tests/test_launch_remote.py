@@ -82,3 +82,30 @@ def test_submit_status_logs_fetch_over_ssh(slurm_cluster: SlurmCluster, login: s
     for path in [*work.rglob("*"), *laptop.rglob("*")]:  # the tool keeps no key anywhere
         if path.is_file() and not path.is_symlink():
             assert key not in path.read_text(errors="replace"), path
+
+
+def test_tilde_is_the_login_nodes_home(login: sshd.Sshd, tmp_path: Path) -> None:
+    """`run.dir=~/...` and `data.root=~/...` from a laptop mean the login node's home: expanded there, not here.
+    (The login node's HOME is set by --remote-setup, so the two homes differ on one machine.)"""
+    laptop, work, there = tmp_path / "laptop", tmp_path / "login-work", tmp_path / "login-home"
+    laptop.mkdir()
+    there.mkdir()
+    setup = f"export HOME={there} WANDB_MODE=disabled\nexport PATH={Path(PYTHON).parent}:$PATH"
+    remote = ["--remote", login.host, "--ssh-config", str(login.ssh_config), "--remote-dir", str(work),
+              "--remote-setup", setup]
+    small = ["data.name=synthetic", "data.synthetic_train=64", "data.synthetic_test=16", "train.batch_size=32",
+             "model.hidden=8", "train.epochs=1", "wandb.mode=disabled", "train.threads=1"]
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "launch", *args], cwd=laptop, env=clean_env(laptop), capture_output=True,
+                              text=True, timeout=300)
+
+    submitted = launch(*remote, "--executor", "local", *small, "run.dir=~/runs/tilde", "data.root=~/data")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert f"run folder  {there / 'runs' / 'tilde'}" in submitted.stdout, submitted.stdout
+    logs = launch("logs", *remote)  # follows until the job ends
+    assert logs.returncode == 0 and "done:" in logs.stdout, logs.stdout + logs.stderr
+    assert (there / "runs" / "tilde" / "model.pt").is_file()
+    config = (there / "runs" / "tilde" / "config.yaml").read_text()
+    assert f"root: {there / 'data'}" in config, config
+    assert not (laptop / "home" / "runs").exists() and not list(tmp_path.rglob("~"))  # not the laptop's, no ./~
