@@ -64,9 +64,10 @@ def executor_for(request: Request, runs: list[Config], elastic_spec: ElasticSpec
 
 
 def preview(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None = None,
-            out: IO[str] = sys.stdout) -> None:
+            out: IO[str] | None = None) -> None:
     """What `submit` would do, with nothing submitted and nothing written: the runs, then the batch script
     (SLURM: submitit's own, as it would be written) or submitit's parameters (local, debug)."""
+    out = out or sys.stdout  # looked up now: sys.stdout may have been replaced since import
     runs = with_folders(runs, make=False)
     tasks = request.nodes if elastic_spec else request.world_size
     kind = f"job array of {len(runs)} runs" if len(runs) > 1 else "job"
