@@ -27,7 +27,7 @@ def packaged_configs() -> Path:
     in an installed wheel it is the copy inside the package, ``ae_dist/configs`` (pyproject.toml
     maps the one onto the other).
     """
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # ae_dist/config/files.py -> the repository
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "default.yaml").is_file():
         return checkout / "configs"
     return Path(str(importlib.resources.files("ae_dist.configs")))
