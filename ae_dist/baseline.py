@@ -54,8 +54,7 @@ class Baseline:
         said = (f"test loss {test_loss:.4f} is {ratio:.2f}x {self.name}'s {self.test_loss:.4f}: the autoencoder ")
         if ratio < 1:
             return said + f"beats PCA with {components} components"
-        return said + (f"does NOT beat PCA with {components} components; "
-                       "train longer (train.epochs) or faster (optim.lr)")
+        return said + f"does NOT beat PCA with {components} components: train longer or raise optim.lr"
 
 
 def key(config: Config) -> dict[str, Any]:
