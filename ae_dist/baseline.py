@@ -8,7 +8,7 @@ randomized PCA (`components`: a Gaussian range finder with `OVERSAMPLE` extra co
 whole test split exactly as `ae_dist.engine.evaluate` scores the model: reconstructions
 clipped to [0, 1] (the model's sigmoid range), squared errors summed per batch of
 ``train.eval_batch_size`` in float64, divided by pixels and images. Rank 0 computes it once
-(under a second for 60,000 28x28 images on a CPU core) and keeps it in the run folder
+(about a second for 60,000 28x28 images on one busy CPU core: benchmarks/baseline_cost.py) and keeps it in the run folder
 (`RunDir.baseline`) for resumes and `ae_dist.evaluate`; the key stored with it says which
 data, latent size, seed and sample it belongs to, so a changed one is computed again (a
 changed ``train.eval_batch_size`` changes only the order of a float sum, and is not in it).
@@ -29,7 +29,7 @@ from ae_dist.config import Config, to_dict
 from ae_dist.data import Split
 from ae_dist.run.folder import RunDir
 
-SAMPLE_BYTES = 256 << 20  # float32 pixels of the training sample PCA is fitted on
+SAMPLE_BYTES = 64 << 20  # float32 pixels of the training sample PCA is fitted on: 21,399 images of 28x28
 OVERSAMPLE = 10  # extra random directions of the range finder
 POWER_ITERATIONS = 2
 METHOD = f"randomized PCA, {OVERSAMPLE} extra columns, {POWER_ITERATIONS} power iterations"
