@@ -5,11 +5,12 @@
 
 Reads the run's resolved config.yaml (as safely as `--config`: no aliases, no repeated keys)
 and its final model.pt, or the newest complete checkpoint while the run is still training;
-prints the test loss and draws recon.png, latent.png and loss.png into RUN/eval/, titled with
-the weights they show. The training's own pictures in RUN are left as they are. A run folder
-that is not one (no config.yaml, a config that is not a mapping or not UTF-8, weights of
-another model) is one `error:` line and exit 2. torch is imported only once the arguments
-and the config are known to be good.
+prints the test loss beside the run's baseline (PCA at the latent size, `ae_dist.baseline`: the
+one the run folder holds, else computed here and not stored) and draws recon.png, latent.png
+and loss.png into RUN/eval/, titled with the weights they show. The training's own pictures
+in RUN are left as they are. A run folder that is not one (no config.yaml, a config that is
+not a mapping or not UTF-8, weights of another model) is one `error:` line and exit 2. torch
+is imported only once the arguments and the config are known to be good.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ae_dist.run.metrics import read_metrics
 
 if TYPE_CHECKING:
     import torch
+
+    from ae_dist.baseline import Baseline
 
 PICTURE_COUNT = 10
 EVAL_FOLDER = "eval"
@@ -110,8 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     read_run_config(folder, args.overrides)  # a bad folder or override: one line, before torch loads
     model, config, source = load_run_model(args.run_dir, args.overrides)
     loss, count = draw(model, config, folder, source)
-    print(f"test loss {loss:.6f} ({count} images, {source}); pictures in {folder.root / EVAL_FOLDER}")
+    base = run_baseline(config, folder)
+    versus = f", {loss / base.test_loss:.2f}x {base.name}'s {base.test_loss:.6f}" if base else ""
+    print(f"test loss {loss:.6f} ({count} images, {source}{versus}); pictures in {folder.root / EVAL_FOLDER}")
+    if base is not None:
+        print(base.verdict(loss))
     return 0
+
+
+def run_baseline(config: Config, folder: RunDir) -> Baseline | None:
+    """The baseline the run folder holds for this config, else computed from the data (and not stored)."""
+    from ae_dist import baseline, data
+
+    found = baseline.cached(config, folder)
+    if found is None:
+        found = baseline.compute(data.load_split(config.data, "train"), data.load_split(config.data, "test"),
+                                 config.model.latent_dim, config.train.seed, config.train.eval_batch_size)
+    return found
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ae_dist import data, engine
+from ae_dist import baseline, data, engine
 from ae_dist.build import Training, build, check_split_sizes, load_data, wrap
 from ae_dist.config import Config, check_world_size, resolve_paths, to_dict
 from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
@@ -99,7 +99,10 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
     if info.is_main:  # this start in run.json: the command as launched, every rank's host, the code's version
         record_launch(t.run_dir, rank_clock.hosts, Job.from_env().id)
-    monitor = open_monitor(t, rank_clock.hosts)
+    # PCA at the latent size, the run's yardstick: rank 0 alone (the others wait for it at the first step's all-reduce,
+    # under 2 s for 60k images; a resume reads it from the run folder)
+    base = baseline.for_run(cfg, t.run_dir, t.train_split, t.test_split) if info.is_main else None
+    monitor = open_monitor(t, rank_clock.hosts, base)
     progress = Progress(cfg.run.progress, cfg.train.epochs * len(batches), info.is_main, cfg.train.log_every)
     progress.start_at(state.step)
     stopped_by = 0  # the signal number that stopped the run, agreed by every rank
@@ -142,7 +145,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                 break
             window.fold(state, info)
             elapsed = time.perf_counter() - started
-            end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9))
+            end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9), base)
         stop.phase = FINISHING  # from here a stop signal changes nothing: the wrap-up finishes
         progress.close()
         if info.is_main and not stopped_by:
@@ -161,16 +164,18 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     return RunResult("completed", t.run_dir.root, state.step)
 
 
-def open_monitor(t: Training, hosts: list[str]) -> Monitor | NullMonitor:
+def open_monitor(t: Training, hosts: list[str], base: baseline.Baseline | None) -> Monitor | NullMonitor:
     if not t.info.is_main:
         return NullMonitor()
     if not t.state.wandb_run_id:
         t.state.wandb_run_id = wandb_run_id(t.run_dir.root)
-    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs, hosts)
+    return Monitor(t.run_dir, t.config.wandb, t.state.wandb_run_id, to_dict(t.config), t.config.train.epochs, hosts,
+                   base.name if base else "")
 
 
-def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float) -> None:
-    """Test loss, the epoch record, pictures every wandb.images_every_epochs, a checkpoint."""
+def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float, base: baseline.Baseline | None) -> None:
+    """Test loss (beside the baseline's, on rank 0), the epoch record, pictures every wandb.images_every_epochs,
+    a checkpoint."""
     cfg, state = t.config, t.state
     train_loss = state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else float("nan")
     test_loss = engine.evaluate(t.model, t.test_split, cfg.train.eval_batch_size, cfg.train, t.info)
@@ -178,7 +183,7 @@ def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float)
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
     record = {"kind": "epoch", "step": state.step, "epoch": state.epoch, "train_loss": train_loss,
               "test_loss": test_loss, "samples_per_s": samples_per_s, "lr": t.optimizer.param_groups[0]["lr"],
-              "skipped_steps": state.skipped_steps, "world_size": t.info.world_size}
+              "skipped_steps": state.skipped_steps, "world_size": t.info.world_size, **(base.fields(test_loss) if base else {})}
     every = cfg.wandb.images_every_epochs
     drawing = t.info.is_main and every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs)
     monitor.log(record, draw_pictures(t) if drawing else {})
@@ -202,11 +207,16 @@ def draw_pictures(t: Training) -> dict[str, Path]:
 
 
 def finish(t: Training) -> None:
-    """Final weights (a plain state_dict, no wrapper prefixes), pictures, loss curve."""
+    """Final weights (a plain state_dict, no wrapper prefixes), pictures, loss curve; last, whether the model beats
+    the baseline."""
     write_atomic(t.run_dir.model, {k: v.detach().cpu() for k, v in t.model.state_dict().items()})
     draw_pictures(t)
-    plots.draw_loss(read_metrics(t.run_dir.metrics), t.run_dir.picture("loss"))
+    records = read_metrics(t.run_dir.metrics)
+    plots.draw_loss(records, t.run_dir.picture("loss"))
     t.say(f"done: {t.run_dir.root} (model.pt, recon.png, latent.png, loss.png, metrics.jsonl)")
+    epochs, base = [r for r in records if r["kind"] == "epoch"], baseline.cached(t.config, t.run_dir)
+    if epochs and base is not None:
+        t.say(base.verdict(epochs[-1]["test_loss"]))
 
 
 def dry_run(config: Config) -> int:

@@ -29,8 +29,8 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_overrides_and_flags_in_any_order(tmp_path: Path) -> None:
-    config, _ = train_args(["train.epochs=1", "--config", "digits", "run.dir=x", "optim.lr=3e-3"])
-    assert (config.train.epochs, config.data.name, config.run.dir, config.optim.lr) == (1, "digits", "x", 3e-3)
+    config, _ = train_args(["train.epochs=1", "--config", "digits", "run.dir=x", "optim.lr=2e-3"])
+    assert (config.train.epochs, config.data.name, config.run.dir, config.optim.lr) == (1, "digits", "x", 2e-3)
     result = command("ae_dist.train", "train.epochs=1", "--config", "digits", f"run.dir={tmp_path / 'r'}",
                      "--print-config", "train.seed=5", tmp=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -130,10 +130,10 @@ def test_the_config_modules_do_not_import_torch() -> None:
 # The launcher: --print-config and --dry-run submit nothing and write nothing -----------------------------------
 
 def test_launch_print_config_is_the_resolved_config(tmp_path: Path) -> None:
-    result = command("launch", "optim.lr=3e-3", "--print-config", "--config", "digits", "--nodes", "2", tmp=tmp_path)
+    result = command("launch", "optim.lr=2e-3", "--print-config", "--config", "digits", "--nodes", "2", tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     (tmp_path / "printed.yaml").write_text(result.stdout, encoding="utf-8")
-    assert load_config(tmp_path / "printed.yaml") == load_config("digits", ["optim.lr=3e-3"])
+    assert load_config(tmp_path / "printed.yaml") == load_config("digits", ["optim.lr=2e-3"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "printed.yaml"]  # clean_env's home, and ours
 
 

@@ -61,7 +61,7 @@ def final_test_loss(run_dir: Path) -> float:
 
 
 def test_conv_beats_mlp_on_digits_at_latent_3(tmp_path: Path) -> None:
-    common = ["train.epochs=8", "wandb.mode=disabled", "checkpoint.every_steps=0", "run.progress=off"]
+    common = ["train.epochs=8", "optim.lr=1e-3", "wandb.mode=disabled", "checkpoint.every_steps=0", "run.progress=off"]
     run_train(["--config", str(REPO / "configs/digits.yaml"), f"run.dir={tmp_path / 'mlp'}", *common], tmp_path)
     run_train(["--config", str(REPO / "configs/digits_conv.yaml"), f"run.dir={tmp_path / 'conv'}", *common], tmp_path)
     mlp, conv = final_test_loss(tmp_path / "mlp"), final_test_loss(tmp_path / "conv")

@@ -16,7 +16,7 @@ from ae_dist.monitor.console import Progress, write
 from tests.helpers.commands import PYTHON, REPO, clean_env
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-EPOCH = re.compile(r"epoch (\d)/2, loss: [\d.]+, test loss: [\d.]+, [\d,]+ samples/s")
+EPOCH = re.compile(r"epoch (\d)/2, loss: [\d.]+, test loss: [\d.]+ \([\d.]+x PCA-3\), [\d,]+ samples/s")
 
 
 def rendered(raw: str) -> list[str]:
@@ -46,7 +46,8 @@ def test_epoch_lines_stand_above_the_bar_on_a_terminal(tmp_path: Path) -> None:
     assert result.returncode == 0, "\n".join(screen[-30:])
     epochs = [index for index, line in enumerate(screen) if EPOCH.fullmatch(line)]  # whole lines, nothing glued on
     assert [EPOCH.fullmatch(screen[i]).group(1) for i in epochs] == ["1", "2"], "\n".join(screen)
-    assert re.match(r"\s*100%\|.*\| 46/46 ", screen[epochs[1] + 1]) and screen[-1].startswith("done: "), screen
+    assert re.match(r"\s*100%\|.*\| 46/46 ", screen[epochs[1] + 1]) and screen[-2].startswith("done: "), screen
+    assert re.fullmatch(r"test loss [\d.]+ is [\d.]+x PCA-3's [\d.]+: the autoencoder (beats|does NOT beat) PCA .*", screen[-1])
     first = raw.index("epoch 1/2,")
     drawn = [(match.start(), int(match.group(1))) for match in re.finditer(r"\| (\d+)/46 ", raw)]
     assert any(first < at and step > 23 for at, step in drawn)  # the bar went on below the epoch line

@@ -148,6 +148,8 @@ def test_two_process_run_holds_metadata_system_metrics_and_rank_times(straggling
     epochs = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     assert offline.summary["best_test_loss"] == min(r["test_loss"] for r in epochs)
     assert offline.summary["final_test_loss"] == epochs[-1]["test_loss"]
+    assert offline.summary["baseline_test_loss"] == epochs[-1]["baseline_test_loss"] > 0  # PCA-3 on the same split
+    assert offline.summary["final_test_loss_ratio"] == epochs[-1]["test_loss"] / epochs[-1]["baseline_test_loss"]
     metric = next(r.metric for r in records if r.WhichOneof("record_type") == "metric")
     assert (metric.glob_name, metric.step_metric) == ("epoch/*", "epoch/epoch")
 

@@ -3,8 +3,9 @@
 Other ranks get `NullMonitor`, whose methods do nothing, so the loop never asks who it is.
 Besides the records, W&B gets the per-rank step times (`ae_dist.monitor.ranks`, in the same history
 row as the train record), an alert per straggler, the best and final test loss in the
-summary, the newest checkpoint when the run stops (``wandb.log_checkpoints``; an artifact
-costs W&B a few hundred ms, too much for the loop) and the final model.pt as a ``model`` artifact.
+summary (with the baseline's test loss and the final one as a multiple of it), the newest
+checkpoint when the run stops (``wandb.log_checkpoints``; an artifact costs W&B a few hundred
+ms, too much for the loop) and the final model.pt as a ``model`` artifact.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class Monitor:
     """Rank 0: writes each new record to metrics.jsonl, W&B and the console."""
 
     def __init__(self, run_dir: RunDir, wandb_cfg: WandbConfig, run_id: str, config: dict[str, Any], epochs: int,
-                 hosts: list[str]):
+                 hosts: list[str], baseline: str = ""):
         self.run_dir, self.cfg = run_dir, wandb_cfg
+        self.baseline = baseline  # its name in the epoch lines ("PCA-3"); "" when the run has none
         self.metrics = MetricsFile(run_dir.metrics)
         self.epochs = epochs
         self.stragglers = Stragglers()
@@ -56,7 +58,9 @@ class Monitor:
         if record["kind"] == "epoch" and math.isfinite(record["test_loss"]):
             self.best_test_loss = min(self.best_test_loss, record["test_loss"])
             self.final_test_loss = record["test_loss"]
-            self.wandb.summarize({"best_test_loss": self.best_test_loss, "final_test_loss": self.final_test_loss})
+            versus = {"baseline_test_loss": record["baseline_test_loss"], "final_test_loss_ratio": record["test_loss_ratio"]
+                      } if "test_loss_ratio" in record else {}
+            self.wandb.summarize({"best_test_loss": self.best_test_loss, "final_test_loss": self.final_test_loss, **versus})
 
     def log_ranks(self, times: RankTimes | None) -> None:
         """The per-rank step times of one window (W&B gets them with the train record of the same step, one
@@ -91,7 +95,7 @@ class Monitor:
                             upload=True)
 
     def epoch_line(self, record: dict[str, Any]) -> None:
-        console.write(console.epoch_line(record, self.epochs))  # above the progress bar while one is shown
+        console.write(console.epoch_line(record, self.epochs, self.baseline))  # above the progress bar while one is shown
 
     def message(self, line: str) -> None:
         console.write(line)

@@ -58,6 +58,10 @@ class RunDir:
         return self.root / "complete.json"
 
     @property
+    def baseline(self) -> Path:  # PCA at the run's latent size and its test loss (ae_dist.baseline), kept across resumes
+        return self.root / "baseline.json"
+
+    @property
     def wandb(self) -> Path:
         return self.root / "wandb"
 
