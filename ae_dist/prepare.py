@@ -159,9 +159,14 @@ def prepare(cfg: DataConfig, info, force_check: bool = False, say=print) -> dict
     work = Path(agreed["work"])
     if not info.is_main:
         prepared.wait_for([work / prepared.PLAN], lambda: work.exists(), WAIT_POLL_S)
-    decode = custom.decoder(cfg, load_split)
-    progress = Progress(info.world_size) if info.is_main else None
-    prepared.write_share(work, info.rank, info.world_size, decode, progress)
+    try:
+        decode = custom.decoder(cfg, load_split)
+        progress = Progress(info.world_size) if info.is_main else None
+        prepared.write_share(work, info.rank, info.world_size, decode, progress)
+    except BaseException:
+        if info.is_main:
+            release(_PENDING.pop(str(work))[0])
+        raise
     if not info.is_main:  # wait for rank 0 to publish, without a collective (that may take longer than its timeout)
         prepared.wait_for([final / prepared.MANIFEST], lambda: work.exists() or final.exists(), WAIT_POLL_S)
         return prepared.read_manifest(final)
@@ -169,6 +174,10 @@ def prepare(cfg: DataConfig, info, force_check: bool = False, say=print) -> dict
     try:
         prepared.wait_for([work / f"done-{rank}.json" for rank in range(info.world_size)], lambda: True, WAIT_POLL_S)
         manifest = prepared.finish(work, info.world_size, labels, base)
+        if not sum(part["count"] for part in manifest["parts"].values()):
+            first = manifest["skipped"][0] if manifest["skipped"] else ["", ""]
+            raise UsageError(f"no images in the folder: all {len(manifest['skipped'])} files were skipped (first: "
+                             f"{first[0]}: {first[1]})", f"data.path={cfg.path}", "give a folder of images Pillow can read")
         if manifest["skipped"] and cfg.on_bad_image == "error":
             first = manifest["skipped"][0]
             raise UsageError(f"bad file: {first[1]}", first[0], "remove or repair it, or use data.on_bad_image=skip")

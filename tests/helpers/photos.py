@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 TILE = 48
@@ -89,12 +90,12 @@ def make_photo_folder(root: Path) -> Path:
     (root / "china" / "zero.jpg").write_bytes(b"")
     (root / "flower" / "notes.png").write_text("not an image\n")
     (root / "flower" / "._tile.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 60)
-    os.symlink(root / "flower" / "gone.jpg", root / "flower" / "unreadable.jpg")
+    os.symlink("gone.jpg", root / "flower" / "unreadable.jpg")  # relative links: a copy of the folder keeps them
     locked = root / "flower" / "locked.jpg"
     locked.write_bytes(good)
     locked.chmod(0)
     (root / "9" / "huge.png").write_bytes(png_header(12_500, 12_000))  # 150 megapixels (only its header: never decoded)
-    os.symlink(root / "10", root / "10" / "loop")
+    os.symlink(".", root / "10" / "loop")
     return root
 
 
@@ -102,3 +103,9 @@ def good_count(root: Path) -> int:
     """Images that decode (the unreadable mode-000 file decodes as root)."""
     locked = 0 if os.access(root / "flower" / "locked.jpg", os.R_OK) else 1
     return 30 + 16 + 1 + 30 + 8 + 1 + 1 + 3 + 3 + 1 - locked
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photo-tile folder with its bad files, built once per session; tests must not write into it."""
+    return make_photo_folder(tmp_path_factory.mktemp("photo-folder") / "photos")
