@@ -52,14 +52,18 @@ def parse_sweeps(items: list[str]) -> list[tuple[str, list[str]]]:
     return sweeps
 
 
+DATA_PATHS = ("root", "path", "labels", "test_path", "test_labels", "cache_dir")
+
+
 def _absolute(config: Config) -> Config:
     """Paths resolved against the submitting folder, so every task writes to the same place."""
     train = config.train
     if train.resume not in ("auto", "changed", "never"):
         train = dataclasses.replace(train, resume=os.path.abspath(train.resume))
+    data = {key: os.path.abspath(getattr(config.data, key)) for key in DATA_PATHS if getattr(config.data, key)}
     return dataclasses.replace(config, train=train,
                                run=dataclasses.replace(config.run, dir=os.path.abspath(config.run.dir)),
-                               data=dataclasses.replace(config.data, root=os.path.abspath(config.data.root)))
+                               data=dataclasses.replace(config.data, **data))
 
 
 def plan_runs(config: Config, sweeps: list[tuple[str, list[str]]], world_size: int) -> list[Config]:
