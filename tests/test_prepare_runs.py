@@ -71,13 +71,16 @@ def test_a_killed_preparation_leaves_nothing_complete_and_the_rerun_matches(phot
 
 def test_two_preparations_at_once_one_works_the_other_waits(photo_folder: Path, tmp_path: Path) -> None:
     args = folder_args(photo_folder, tmp_path / "cache")
-    first = Job.command([prepare_cmd(args)], tmp_path, [hook_env(tmp_path, "slow_decode", SLOW_DECODE_S="0.05")],
-                        name="a")
+    go = tmp_path / "go"
+    first = Job.command([prepare_cmd(args)], tmp_path, [hook_env(tmp_path, "slow_decode", SLOW_DECODE_S="0",
+                                                                 DECODE_AFTER=str(go))], name="a")
     wait_for(lambda: "decoded 1\n" in first.stderr(), 240, "the first preparation decoding")
     second = Job.command([prepare_cmd(args)], tmp_path, name="b")
+    wait_for(lambda: "waiting:" in second.stdout(), 240, "the second preparation waiting")
+    go.touch()
     assert second.wait() == [0] and first.wait() == [0], first.output() + second.output()
-    assert "waiting:" in second.stdout() and "decoded" not in second.stderr()
-    assert "up to date" in second.stdout() or FINAL_LINE.search(second.stdout())
+    assert "up to date" in second.stdout() and FINAL_LINE.search(first.stdout())
+    assert "decoded" not in second.stderr()
 
 
 def train_args(photos: Path, cache: Path, run_dir: Path, *more: str) -> list[str]:
