@@ -157,9 +157,11 @@ prepare(cfg, DistInfo(0, 0, 1, 1, torch.device('cpu'), None), say=lambda line: N
 before = anon()
 split = load_split(cfg, 'train')
 batches = EpochBatches(split, 64, 0, 1, 0)
-for k, images in enumerate(batches.epoch(0)):
-    if k == 200: break
-print(json.dumps({'images': len(split), 'rss_anon_before': before, 'rss_anon_after': anon()}))
+for k, images in enumerate(batches.epoch(0)):  # measured mid-epoch: the epoch's indices are held
+    if k == 200:
+        during = anon()
+        break
+print(json.dumps({'images': len(split), 'rss_anon_before': before, 'rss_anon_after': during}))
 """
 
 
