@@ -157,3 +157,12 @@ def test_bad_array_from_the_command_line_is_one_error_line(tmp_path: Path) -> No
     assert job.wait() == [2]
     lines = job.stderr().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: images of dtype int32 (data.path="), lines
+
+
+def test_evaluate_draws_colour_pictures_of_a_folder_run(folder_runs: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(folder_runs["one"], run_dir)
+    job = Job.command([[PYTHON, "-m", "ae_dist.evaluate", str(run_dir)]], tmp_path, name="e")
+    assert job.wait() == [0], job.output()
+    assert re.search(r"test loss [\d.]+ \(\d+ images, model\.pt", job.stdout())
+    assert {"recon.png", "latent.png"} <= {p.name for p in (run_dir / "eval").iterdir()}
