@@ -7,6 +7,7 @@ folder's config, so a command that is refused leaves the folder as it was.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from ae_dist import data, engine
 from ae_dist.config import Config, dump_yaml, to_dict
 from ae_dist.dist.group import DistInfo, barrier
 from ae_dist.errors import UsageError, os_fix
-from ae_dist.models import build_model
+from ae_dist.models import build_model, parameter_count
 from ae_dist.run import checkpoint, completion, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
@@ -52,10 +53,13 @@ def build(config: Config, info: DistInfo) -> Training:
     torch.manual_seed(config.train.seed)
     train_split, test_split = load_data(config, info)
     check_split_sizes(config, len(train_split))
-    model = build_model(config.model).to(info.device)
+    check_model_fits(config, train_split.shape)
+    model = build_model(config.model, train_split.shape).to(info.device)
     optimizer = engine.build_optimizer(model, config.optim, info.device)
     run_dir = RunDir(Path(config.run.dir))
     resolved = to_dict(config)
+    if train_split.digest:  # the dataset's identity is part of the run: other data is a config change
+        resolved["data"]["digest"] = train_split.digest
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     warn = (lambda line: print(line, file=sys.stderr, flush=True)) if info.is_main else (lambda line: None)
     lease: Lease | None = None
@@ -107,15 +111,48 @@ def check_split_sizes(config: Config, train_images: int) -> None:
         raise error
 
 
+def check_model_fits(config: Config, shape: tuple[int, int, int]) -> None:
+    """Refuse a model whose weights and Adam state alone would not fit in this machine's memory, saying its cost."""
+    weights = parameter_count(config.model, shape)
+    cost = weights * 4 * 4  # weights, gradients, Adam's two moments, float32
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if cost > memory // 2:
+        key = "model.hidden" if config.model.name == "mlp" else "model.channels"
+        raise UsageError(f"{config.model.name} at {'x'.join(map(str, shape))} has {weights:,} weights: "
+                         f"{cost / 1e9:.1f} GB with gradients and Adam state, more than half this machine's "
+                         f"{memory / 1e9:.0f} GB", key, "use a smaller data.size, model.name=conv, or narrower layers")
+
+
 def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
-    """Rank 0 first (it may download), then the others; both splits moved to the device."""
-    splits = None
-    if info.is_main:
+    """Both splits, on the device when they fit there comfortably (else on the host, batches copied per step).
+
+    Built-in datasets: rank 0 first (it may download), then the others. Folders and arrays: prepared first
+    by every rank together when not yet prepared (`ae_dist.prepare`), then memory-mapped by each rank.
+    """
+    if config.data.name in ("folder", "array"):
+        from ae_dist.prepare import prepare
+
+        prepare(config.data, info, say=print if info.is_main else (lambda line: None))
         splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
-    barrier(info)
-    if splits is None:
-        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
-    return splits[0].to(info.device), splits[1].to(info.device)
+        if not len(splits[1]):
+            raise UsageError("the test split is empty", "data.test_fraction",
+                             "use data.test_fraction > 0 or give data.test_path")
+    else:
+        splits = None
+        if info.is_main:
+            splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
+        barrier(info)
+        if splits is None:
+            splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
+    return _placed(splits[0], info), _placed(splits[1], info)
+
+
+def _placed(split: data.Split, info: DistInfo) -> data.Split:
+    """On a CUDA device when it takes under a quarter of the device's free memory; else where it is (the host)."""
+    if info.device.type != "cuda":
+        return split
+    free, _ = torch.cuda.mem_get_info(info.device)
+    return split.to(info.device) if split.images.numel() < free // 4 else split
 
 
 def wrap(model: torch.nn.Module, config: Config, info: DistInfo) -> torch.nn.Module:

@@ -186,7 +186,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, cfg: TrainConfig, 
     shard = split.images[info.rank:: info.world_size]
     total = torch.zeros((), dtype=torch.float64, device=info.device)
     for start in range(0, len(shard), batch_size):
-        images = shard[start:start + batch_size].float().div_(255)
+        images = shard[start:start + batch_size].to(info.device, non_blocking=True).float().div_(255)
         with autocast(cfg, info.device):
             total += F.mse_loss(model(images).float(), images, reduction="sum").double()
     all_reduce_(total, info)
@@ -196,5 +196,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, cfg: TrainConfig, 
 @torch.no_grad()
 def encode_all(model: nn.Module, split: Split, batch_size: int) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.encode(split.images[i:i + batch_size].float().div_(255))
+    device = next(model.parameters()).device  # the split may stay on the host (memory-mapped)
+    return torch.cat([model.encode(split.images[i:i + batch_size].to(device, non_blocking=True).float().div_(255))
                       for i in range(0, len(split), batch_size)])

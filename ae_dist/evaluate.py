@@ -68,7 +68,7 @@ def load_run_model(run_dir: Path, overrides: list[str] | None = None) -> tuple[t
     folder = RunDir(Path(run_dir))
     config = read_run_config(folder, overrides)
     state, source = load_weights(folder)
-    model = build_model(config.model)
+    model = build_model(config.model, image_shape(config))
     if not isinstance(state, dict):
         raise UsageError(f"weights are a {type(state).__name__}, not a state_dict", source, "check the run folder")
     try:
@@ -79,15 +79,33 @@ def load_run_model(run_dir: Path, overrides: list[str] | None = None) -> tuple[t
     return model, config, source
 
 
+def image_shape(config: Config) -> tuple[int, int, int]:
+    """(C, H, W) of the run's data: the prepared dataset's (prepared here when it is not yet), else the seed's."""
+    return test_split(config).shape
+
+
+def test_split(config: Config):
+    from ae_dist import data
+
+    if config.data.name in ("folder", "array"):
+        import torch
+
+        from ae_dist.dist.group import DistInfo
+        from ae_dist.prepare import prepare
+
+        prepare(config.data, DistInfo(0, 0, 1, 1, torch.device("cpu"), None))
+    return data.load_split(config.data, "test")
+
+
 def draw(model: torch.nn.Module, config: Config, folder: RunDir, source: str) -> tuple[float, int]:
     """Test loss over the whole test split, and the pictures in RUN/eval/."""
     import torch
 
-    from ae_dist import data, engine
+    from ae_dist import engine
     from ae_dist.dist.group import DistInfo
     from ae_dist.monitor import plots
 
-    test = data.load_split(config.data, "test")
+    test = test_split(config)
     info = DistInfo(0, 0, 1, 1, torch.device("cpu"), None)
     loss = engine.evaluate(model, test, config.train.eval_batch_size, config.train, info)
     with torch.no_grad():
@@ -99,7 +117,7 @@ def draw(model: torch.nn.Module, config: Config, folder: RunDir, source: str) ->
     out.mkdir(exist_ok=True)
     plots.draw_reconstructions(shown, recon, out / "recon.png", f"test images above reconstructions ({source})")
     plots.draw_latent(codes, test.labels, out / "latent.png", f"test-set latent codes by class ({source})",
-                      data.CLASS_NAMES.get(config.data.name))
+                      test.class_names(config.data.name))
     records = read_metrics(folder.metrics)
     if records:
         plots.draw_loss(records, out / "loss.png")

@@ -1,7 +1,10 @@
 """Autoencoders: the seed's exact MLP, and a small convolutional one.
 
-Both take and return ``(N, 1, 28, 28)`` images in [0, 1] and expose ``encode`` / ``decode``.
-The MLP's state_dict has the seed's keys, shapes and order (``encoder.0.weight`` ...).
+Both take the data's shape ``(C, H, W)`` and return images of that shape in [0, 1], and expose
+``encode`` / ``decode``. At the seed's 1x28x28 the MLP is the seed's exact model: its state_dict has
+the seed's keys, shapes and order (``encoder.0.weight`` ...), 219,891 parameters. The conv model
+takes any H, W: the input is padded on the bottom and right up to a multiple of 2**stages (with
+zeros) and the output cropped back to H, W, so output shape = input shape.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from torch import nn
 
 from ae_dist.config import ModelConfig
 
-IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SHAPE = (1, 28, 28)  # the seed's
 
 
 class MLPAutoencoder(nn.Module):
-    """784 -> 128 -> 64 -> 12 -> 3 -> 12 -> 64 -> 128 -> 784, ReLU between, Sigmoid out."""
+    """C*H*W -> 128 -> 64 -> 12 -> 3 -> 12 -> 64 -> 128 -> C*H*W, ReLU between, Sigmoid out."""
 
-    def __init__(self, latent_dim: int = 3, hidden: tuple[int, ...] = (128, 64, 12)):
+    def __init__(self, latent_dim: int = 3, hidden: tuple[int, ...] = (128, 64, 12),
+                 shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
-        widths = [IMAGE_SHAPE[1] * IMAGE_SHAPE[2], *hidden, latent_dim]
+        self.shape = tuple(shape)
+        widths = [self.shape[0] * self.shape[1] * self.shape[2], *hidden, latent_dim]
         self.encoder = _mlp(widths)
         self.decoder = nn.Sequential(*_mlp(widths[::-1]), nn.Sigmoid())
 
@@ -27,7 +32,7 @@ class MLPAutoencoder(nn.Module):
         return self.encoder(images.flatten(1))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(codes).view(-1, *IMAGE_SHAPE)
+        return self.decoder(codes).view(-1, *self.shape)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
@@ -43,34 +48,56 @@ def _mlp(widths: list[int]) -> nn.Sequential:
 
 
 class ConvAutoencoder(nn.Module):
-    """Stride-2 convolutions down to 7x7, a linear bottleneck, transposed convolutions up."""
+    """Stride-2 convolutions (H and W padded up to a multiple of 2**stages), a linear bottleneck, transposed
+    convolutions up, cropped back to H, W."""
 
-    def __init__(self, latent_dim: int = 3, channels: tuple[int, ...] = (16, 32)):
+    def __init__(self, latent_dim: int = 3, channels: tuple[int, ...] = (16, 32),
+                 shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
-        side = IMAGE_SHAPE[1] // 2 ** len(channels)
-        if side * 2 ** len(channels) != IMAGE_SHAPE[1]:
-            raise ValueError("model.channels: 28 must halve evenly once per stage (use 1 or 2 stages)")
+        self.shape = tuple(shape)
+        image_channels, height, width = self.shape
+        stride = 2 ** len(channels)
+        self.padded = (-(-height // stride) * stride, -(-width // stride) * stride)
+        side_h, side_w = self.padded[0] // stride, self.padded[1] // stride
         down, up = [], []
-        for c_in, c_out in zip((1, *channels), channels):
+        for c_in, c_out in zip((image_channels, *channels), channels):
             down += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
-        for c_in, c_out in zip(channels[::-1], (*channels[::-1][1:], 1)):
+        for c_in, c_out in zip(channels[::-1], (*channels[::-1][1:], image_channels)):
             up += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)]
-        flat = channels[-1] * side * side
+        flat = channels[-1] * side_h * side_w
         self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, latent_dim))
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, flat), nn.Unflatten(1, (channels[-1], side, side)),
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, flat), nn.Unflatten(1, (channels[-1], side_h, side_w)),
                                      *up, nn.Sigmoid())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        pad_h, pad_w = self.padded[0] - self.shape[1], self.padded[1] - self.shape[2]
+        if pad_h or pad_w:
+            images = nn.functional.pad(images, (0, pad_w, 0, pad_h))
         return self.encoder(images)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(codes)
+        return self.decoder(codes)[..., : self.shape[1], : self.shape[2]]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(images))
+        return self.decode(self.encode(images))
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+def build_model(cfg: ModelConfig, shape: tuple[int, int, int] = IMAGE_SHAPE) -> nn.Module:
+    """The model ``cfg`` names for images of ``shape`` (C, H, W)."""
+    shape = tuple(int(side) for side in shape)
     if cfg.name == "mlp":
-        return MLPAutoencoder(cfg.latent_dim, cfg.hidden)
-    return ConvAutoencoder(cfg.latent_dim, cfg.channels)
+        return MLPAutoencoder(cfg.latent_dim, cfg.hidden, shape)
+    return ConvAutoencoder(cfg.latent_dim, cfg.channels, shape)
+
+
+def parameter_count(cfg: ModelConfig, shape: tuple[int, int, int]) -> int:
+    """The number of weights ``build_model(cfg, shape)`` would have, without building it."""
+    c, h, w = shape
+    if cfg.name == "mlp":
+        widths = [c * h * w, *cfg.hidden, cfg.latent_dim]
+        return sum(a * b + b for a, b in zip(widths, widths[1:])) + sum(a * b + a for a, b in zip(widths, widths[1:]))
+    stride = 2 ** len(cfg.channels)
+    flat = cfg.channels[-1] * -(-h // stride) * -(-w // stride)
+    chans = [c, *cfg.channels]
+    convs = sum(9 * a * b + b for a, b in zip(chans, chans[1:])) + sum(9 * a * b + a for a, b in zip(chans, chans[1:]))
+    return convs + 2 * flat * cfg.latent_dim + flat + cfg.latent_dim

@@ -92,7 +92,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
             completion.write(t.run_dir, cfg.train, state.epoch, state.step)
         return RunResult("completed", t.run_dir.root, state.step)
     model = wrap(t.model, cfg, info)
-    batches = data.EpochBatches(t.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed)
+    batches = data.EpochBatches(t.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed,
+                                info.device)
     t.say(f"global batch {cfg.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}; "
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
     optimizer_step = engine.FusedAdamStep(t.optimizer)
@@ -195,14 +196,14 @@ def draw_pictures(t: Training) -> dict[str, Path]:
     model, split = t.model, t.test_split
     with torch.no_grad():
         model.eval()
-        shown = split.images[:PICTURE_COUNT].float().div_(255)
+        shown = split.images[:PICTURE_COUNT].to(t.info.device).float().div_(255)
         recon = model(shown)
     codes = engine.encode_all(model, split, t.config.train.eval_batch_size)
     title = f"epoch {t.state.epoch}, step {t.state.step}"
     paths = {"recon": t.run_dir.picture("recon"), "latent": t.run_dir.picture("latent")}
     plots.draw_reconstructions(shown, recon, paths["recon"], f"test images above reconstructions ({title})")
     plots.draw_latent(codes, split.labels, paths["latent"], f"test-set latent codes by class ({title})",
-                      data.CLASS_NAMES.get(t.config.data.name))
+                      split.class_names(t.config.data.name))
     return paths
 
 
@@ -227,10 +228,11 @@ def dry_run(config: Config) -> int:
         torch.manual_seed(config.train.seed)
         train_split, test_split = load_data(config, info)
         check_split_sizes(config, len(train_split))
-        raw = build_model(config.model).to(info.device)
+        raw = build_model(config.model, train_split.shape).to(info.device)
         optimizer = engine.build_optimizer(raw, config.optim, info.device)
         model, step_optimizer = wrap(raw, config, info), engine.FusedAdamStep(optimizer)
-        batches = data.EpochBatches(train_split, config.train.batch_size, info.rank, info.world_size, config.train.seed)
+        batches = data.EpochBatches(train_split, config.train.batch_size, info.rank, info.world_size, config.train.seed,
+                                    info.device)
         losses = [float(engine.train_step(model, images, optimizer, step_optimizer, config.train)[0].detach())
                   for images, _ in zip(batches.epoch(0), range(2))]
         if info.is_main:

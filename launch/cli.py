@@ -14,6 +14,7 @@
     python -m launch logs [JOB_ID]            # follows until the job ends (--no-follow: print and stop)
     python -m launch cancel [JOB_ID]
     python -m launch fetch [JOB_ID] --to DIR  # metrics, pictures, weights, logs; no checkpoints
+    python -m launch prepare --nodes 2 data.name=folder data.path=/shared/cells   # data preparation as a job
 
 Setup lines (--setup, --remote-setup, and a profile's setup / remote_setup) are shell on
 purpose, run as written; every other value is quoted where it reaches a shell or a batch
@@ -26,9 +27,11 @@ Exit status: 0 submitted (with --wait: completed), 2 bad input or an impossible 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -37,7 +40,7 @@ from ae_dist.run import lease
 from launch import checks, jobs, plan, profiles, remote, request, shell
 from launch.request import Request
 
-SUBCOMMANDS = ("submit", "status", "logs", "cancel", "fetch")
+SUBCOMMANDS = ("submit", "prepare", "status", "logs", "cancel", "fetch")
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,12 +105,19 @@ def forwarded_args(req: Request, args: argparse.Namespace) -> list[str]:
     return [*request.to_args(req), *(f"--sweep={item}" for item in args.sweep), *(["--wait"] if args.wait else [])]
 
 
-def run_submit(argv: list[str]) -> int:
+def run_submit(argv: list[str], preparation: bool = False) -> int:
+    """Submit a training (or, with ``preparation``, the data preparation `ae_dist.prepare` of the same config)."""
     from ae_dist.config import dump_yaml, load_config
 
     args = submit_parser().parse_intermixed_args(argv)
     req = request_of(args)
     config = load_config(args.config, args.overrides)
+    if preparation:  # its submitit folder goes beside the prepared data, not into a run folder
+        if args.sweep or req.host is not None or req.min_nodes:
+            raise UsageError("prepare takes no --sweep, --remote or --min-nodes", "python -m launch prepare",
+                             "submit the preparation from the cluster's login node")
+        jobs_dir = Path(config.data.cache_dir).expanduser().absolute() / "jobs" / time.strftime("prepare-%Y%m%d-%H%M%S")
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, dir=str(jobs_dir)))
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
@@ -134,11 +144,12 @@ def run_submit(argv: list[str]) -> int:
     for run in runs:  # a folder that a live run writes is refused here, before anything is submitted
         lease.check_free(Path(run.run.dir), run.run.lease_stale_s)
     from launch import submit  # submitit and torch: only where a job is submitted
+    from launch.job import PrepareJob, TrainJob
 
     if args.dry_run:
         submit.preview(req, runs, spec)
         return 0
-    record, submitted = submit.submit(req, runs, spec)
+    record, submitted = submit.submit(req, runs, spec, PrepareJob if preparation else TrainJob)
     if args.json:
         print(record.to_json(), flush=True)
     else:
@@ -199,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "submit"
     try:
-        if command == "submit":
-            return run_submit(argv)
+        if command in ("submit", "prepare"):
+            return run_submit(argv, preparation=command == "prepare")
         return run_job_command(command, argv)
     except KeyboardInterrupt:  # Ctrl-C while following logs or waiting: no traceback
         return EXIT_INTERRUPTED

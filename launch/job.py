@@ -78,3 +78,26 @@ class TrainJob(submitit.helpers.Checkpointable):
             print(f"requeueing job {job.job_id}: resumes from the checkpoint just written", flush=True)
             signal.raise_signal(sig)  # submitit's handler: self.checkpoint() -> requeue -> exit
         raise SystemExit(exit_status(received))
+
+
+class PrepareJob:
+    """One data preparation (`ae_dist.prepare`): every task decodes its share into the same prepared files."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def __call__(self) -> dict[str, object]:
+        from ae_dist import prepare
+
+        job = submitit.JobEnvironment()
+        os.environ.update(torchrun_env(job))
+        print(f"ae-dist prepare task {job.global_rank}/{job.num_tasks} on {socket.gethostname()} (job {job.job_id})",
+              flush=True)
+        try:
+            prepare.run(self.config)
+        except (AeDistError, OSError) as err:
+            known = as_error(err, "data.cache_dir")
+            if known is None:
+                raise
+            raise SystemExit(say(known)) from None
+        return {"status": "prepared", "run_dir": self.config.run.dir, "step": 0}

@@ -50,13 +50,13 @@ def job_folder(runs: list[Config]) -> Path:
     return (Path(runs[0].run.dir) if len(runs) == 1 else Path(runs[0].run.dir).parent) / "submitit"
 
 
-def executor_for(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None
+def executor_for(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None, job_class: type = TrainJob
                  ) -> tuple[submitit.AutoExecutor, Callable[[Config], object], int]:
     """submitit's executor (it makes no folder until a job is submitted), what each run submits, tasks per run."""
     folder = job_folder(runs)
     shell.check_folder(str(folder), "run.dir")  # as absolute here, where SLURM and submitit will use it
     if elastic_spec is None:
-        return make_executor(request, folder), TrainJob, request.world_size
+        return make_executor(request, folder), job_class, request.world_size
     from launch import elastic
 
     return (elastic.executor(request, elastic_spec, folder, runs[0]),
@@ -87,13 +87,13 @@ def preview(request: Request, runs: list[Config], elastic_spec: ElasticSpec | No
     print(script.rstrip(), file=out)
 
 
-def submit(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None = None
+def submit(request: Request, runs: list[Config], elastic_spec: ElasticSpec | None = None, job_class: type = TrainJob
            ) -> tuple[Record, list[submitit.Job]]:
     """Submit one job (or one array), remember it in the registry, and return it. With ``elastic_spec``: one
     submitit task per node, each running torchrun (`launch.elastic`)."""
     runs = with_folders(runs)
     ids = [wandb_run_id(Path(config.run.dir)) for config in runs]
-    executor, job_of, tasks = executor_for(request, runs, elastic_spec)
+    executor, job_of, tasks = executor_for(request, runs, elastic_spec, job_class)
     folder = job_folder(runs)
     try:
         if len(runs) == 1:

@@ -26,6 +26,7 @@ from tests.helpers.commands import (  # noqa: F401  (re-exported)
     wait_for,
 )
 from tests.helpers.fixtures import reference_runs  # noqa: F401  (a fixture, session-wide)
+from tests.helpers.photos import photo_folder  # noqa: F401  (a fixture, session-wide: real photo tiles and bad files)
 from tests.helpers.processes import kill_leftovers
 from tests.helpers.slurm import DEFAULT_STATE_DIR, slurm_cluster  # noqa: F401  (the local SLURM cluster, session-wide)
 

@@ -75,7 +75,8 @@ def test_help_shows_the_values_in_effect(tmp_path: Path) -> None:
     assert default.returncode == 0 and default.stderr == ""
     rows = {line.split()[0]: line for line in default.stdout.splitlines() if line.startswith("  ") and "." in line.split()[0]}
     assert set(leaf_fields()) <= set(rows)
-    assert "'runs/fashion_mnist'" in rows["run.dir"] and "[fashion_mnist | mnist | digits | synthetic]" in rows["data.name"]
+    assert "'runs/fashion_mnist'" in rows["run.dir"]
+    assert "[fashion_mnist | mnist | digits | synthetic | folder | array]" in rows["data.name"]
     digits = command("ae_dist.train", "--config", "digits", "--help", tmp=tmp_path)
     assert "'runs/digits'" in next(line for line in digits.stdout.splitlines() if line.strip().startswith("run.dir"))
 

@@ -124,14 +124,15 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path) -> None:
 @pytest.mark.fast
 def test_choices_are_the_fields_literal_types() -> None:
     literal = {key: choices(kind) for key, (kind, _) in leaf_fields().items() if choices(kind)}
-    assert literal["data.name"] == ("fashion_mnist", "mnist", "digits", "synthetic")
+    assert literal["data.name"] == ("fashion_mnist", "mnist", "digits", "synthetic", "folder", "array")
     assert literal["wandb.mode"] == ("", "online", "offline", "disabled")
     for key, allowed in literal.items():
         with pytest.raises(UsageError) as err:
             build_config({key: "no-such-choice"})
         assert f"({key})" in err.value.lines()[0] and " | ".join(a for a in allowed if a) in err.value.lines()[0]
         for value in allowed:
-            assert getattr(getattr(build_config({key: value}), key.split(".")[0]), key.split(".")[1]) == value
+            needs = {"data.path": "images"} if key == "data.name" and value in ("folder", "array") else {}
+            assert getattr(getattr(build_config({key: value, **needs}), key.split(".")[0]), key.split(".")[1]) == value
 
 
 @pytest.mark.fast

@@ -211,9 +211,9 @@ def test_extreme_values_are_refused(key: str) -> None:
 
 
 @pytest.mark.fast
-def test_conv_with_more_stages_than_28_halves_is_refused() -> None:
+def test_conv_with_more_than_6_stages_is_refused() -> None:
     with pytest.raises(UsageError, match=r"\(model.channels\)"):
-        load_config(None, ["model.name=conv", "model.channels=8,8,8"])
+        load_config(None, ["model.name=conv", "model.channels=8,8,8,8,8,8,8"])
 
 
 def test_the_command_refuses_extreme_values_in_one_line_each(tmp_path: Path) -> None:

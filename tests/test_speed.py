@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 
 from ae_dist import engine
 from ae_dist.config import OptimConfig
@@ -110,8 +111,9 @@ def test_batches_are_the_images_at_the_sampler_indices(world_size: int) -> None:
     split = synthetic_split(300, seed=3)
     for rank in range(world_size):
         batches = EpochBatches(split, 32, rank, world_size, seed=1)
-        batches.sampler.set_epoch(2)
-        order = torch.tensor(list(batches.sampler))[: len(batches) * batches.local_batch].view(len(batches), -1)
+        sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank, shuffle=True, seed=1)
+        sampler.set_epoch(2)
+        order = torch.tensor(list(sampler))[: len(batches) * batches.local_batch].view(len(batches), -1)
         got = list(batches.epoch(2, start=3))
         assert len(got) == len(batches) - 3
         for k, batch in enumerate(got, start=3):

@@ -36,8 +36,9 @@ def _field(default: Any, help: str, path: bool | tuple[str, ...] = False) -> Any
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["fashion_mnist", "mnist", "digits", "synthetic"] = _field(
-       "fashion_mnist", "dataset; digits (scikit-learn's, bundled) and synthetic need no download")
+    name: Literal["fashion_mnist", "mnist", "digits", "synthetic", "folder", "array"] = _field(
+       "fashion_mnist", "dataset; digits (scikit-learn's, bundled) and synthetic need no download; folder = your image "
+                        "folder tree (data.path), array = your .npy (data.path)")
     root: str = _field("./data", "folder holding torchvision's dataset folders (FashionMNIST/raw, MNIST/raw)",
                        path=True)
     download: bool = _field(True, "download fashion_mnist/mnist into data.root when missing")
@@ -45,6 +46,28 @@ class DataConfig:
     synthetic_test: int = _field(10_000, "number of test images of the synthetic dataset")
     val_fraction: float = _field(0.0, "share of the training split held out for validation, chosen by a hash of each "
                                       "row's key (0 = none)")
+    path: str = _field("", "folder=an image folder (one subfolder per class) | array=a .npy of (N,H,W) or (N,C,H,W) "
+                           "images, uint8 or float in [0,1]", path=True)
+    labels: str = _field("", "array: a .npy of N integer labels (empty: every row is class 0)", path=True)
+    size: tuple[int, ...] = _field((28, 28), "folder: H,W every image is converted to (arrays keep their own shape)")
+    channels: int = _field(1, "folder: 1 (grayscale) or 3 (RGB) channels every image is converted to")
+    fit: Literal["crop", "pad", "stretch"] = _field(
+        "crop", "folder: how an image of another aspect ratio meets data.size: crop (scale to cover, cut the centre) | "
+                "pad (scale to fit, black borders) | stretch")
+    max_pixels: int = _field(128_000_000, "folder: largest image decoded, in pixels (after JPEG reduced decoding); "
+                                          "larger ones are skipped with their reason")
+    cache_dir: str = _field("./data/prepared", "where prepared datasets go (folders, converted arrays); shared by every "
+                                               "node of a job; never inside data.path", path=True)
+    test_path: str = _field("", "folder/array: a second folder or .npy as the test split (empty: data.test_fraction)",
+                            path=True)
+    test_labels: str = _field("", "array: the labels .npy of data.test_path", path=True)
+    test_fraction: float = _field(0.1, "folder/array without data.test_path: share held out as the test split by a "
+                                       "hash of each file's relative path (row index for arrays)")
+    classes: tuple[str, ...] = _field((), "keep only these classes in the train and val splits (label ints or folder "
+                                          "class names, comma-separated); the test split stays whole")
+    on_bad_image: Literal["skip", "error"] = _field(
+        "skip", "folder: an unreadable or oversized image is skipped (listed in the manifest, counted in one warning "
+                "line) | error: stop at the first one")
 
 
 @dataclass(frozen=True)
@@ -149,7 +172,6 @@ AT_MOST = {"train.batch_size": 1 << 24, "train.eval_batch_size": 1 << 24, "data.
            "data.synthetic_test": 1 << 24, "model.latent_dim": 1 << 16, "train.threads": 1 << 12, "train.seed": 1 << 62,
            "dist.timeout_s": 1e7}
 MAX_PARAMETERS = 1 << 31
-IMAGE_PIXELS = 28 * 28
 
 
 def _sections() -> dict[str, type]:
@@ -247,9 +269,9 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
     for key, most in AT_MOST.items():
         if flat[key] > most:
             problems.append((f"value too large ({flat[key]:.3g})", key, f"use at most {most:g}"))
-    if flat["model.name"] == "conv" and len(flat["model.channels"]) not in (1, 2):
-        problems.append((f"{len(flat['model.channels'])} conv stages", "model.channels",
-                         "use 1 or 2 stages: 28 halves evenly at most twice"))
+    problems += _data_problems(flat)
+    if flat["model.name"] == "conv" and len(flat["model.channels"]) > 6:
+        problems.append((f"{len(flat['model.channels'])} conv stages", "model.channels", "use 1 to 6 stages"))
     elif _parameter_count(flat) > MAX_PARAMETERS:
         key = "model.hidden" if flat["model.name"] == "mlp" else "model.channels"
         problems.append((f"model too large ({_parameter_count(flat):.2g} weights)", key,
@@ -267,15 +289,45 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
     return problems
 
 
+def _data_problems(flat: dict[str, Any]) -> list[tuple[str, str, str]]:
+    problems = []
+    size = flat["data.size"]
+    if len(size) != 2 or any(not 1 <= side <= 1 << 15 for side in size):
+        problems.append((f"invalid value {shown(list(size))}", "data.size", "use H,W: two integers from 1 to 32768"))
+    if flat["data.channels"] not in (1, 3):
+        problems.append((f"invalid value {flat['data.channels']!r}", "data.channels", "use 1 (grayscale) or 3 (RGB)"))
+    if flat["data.max_pixels"] < 1:
+        problems.append((f"invalid value {flat['data.max_pixels']!r}", "data.max_pixels", "use an integer >= 1"))
+    for key in ("data.test_fraction", "data.val_fraction"):
+        if not 0 <= flat[key] < 1:
+            problems.append((f"invalid value {flat[key]!r}", key, "use a number from 0 to below 1"))
+    if flat["data.name"] in ("folder", "array") and not flat["data.path"].strip():
+        what = "an image folder" if flat["data.name"] == "folder" else "a .npy file"
+        problems.append((f"data.name={flat['data.name']} needs data.path", "data.path", f"give {what}"))
+    if flat["data.name"] in ("folder", "array") and not flat["data.cache_dir"].strip():
+        problems.append(("empty cache folder", "data.cache_dir", "give a folder that every node of the job sees"))
+    return problems
+
+
+def image_shape(flat: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) the config asks for: data.channels and data.size for folders, the seed's 1x28x28 otherwise."""
+    if flat["data.name"] == "folder" and len(flat["data.size"]) == 2:
+        return flat["data.channels"], *flat["data.size"]
+    return 1, 28, 28
+
+
 def _parameter_count(flat: dict[str, Any]) -> int:
-    """About how many weights the model has (both halves), before building it."""
+    """About how many weights the model has (both halves), before building it (arrays: counted at 1x28x28 here,
+    checked again on their own shape when the model is built)."""
     latent = flat["model.latent_dim"]
+    c, h, w = image_shape(flat)
     if flat["model.name"] == "mlp":
-        widths = [IMAGE_PIXELS, *flat["model.hidden"], latent]
+        widths = [c * h * w, *flat["model.hidden"], latent]
         return 2 * sum(a * b for a, b in zip(widths, widths[1:]))
-    channels = [1, *flat["model.channels"]]
-    side = 28 >> (len(channels) - 1)
-    return 2 * (sum(9 * a * b for a, b in zip(channels, channels[1:])) + channels[-1] * side * side * latent)
+    channels = [c, *flat["model.channels"]]
+    stride = 1 << (len(channels) - 1)
+    flat_size = channels[-1] * -(-h // stride) * -(-w // stride)
+    return 2 * (sum(9 * a * b for a, b in zip(channels, channels[1:])) + flat_size * latent)
 
 
 def path_keys() -> dict[str, tuple[str, ...]]:

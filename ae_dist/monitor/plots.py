@@ -27,13 +27,17 @@ def _save(fig, path: Path) -> None:
 
 
 def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, path: Path, title: str = "") -> None:
-    """Test images (top row) above their reconstructions (bottom row)."""
+    """Test images (top row) above their reconstructions (bottom row): (N, C, H, W), grayscale or colour."""
     count = len(images)
-    fig, axes = plt.subplots(2, count, figsize=(count * 1.0, 2.3))
+    fig, axes = plt.subplots(2, count, figsize=(count * 1.0, 2.3), squeeze=False)
     for i in range(count):
         for row, batch in enumerate((images, recons)):
             ax = axes[row, i]
-            ax.imshow(batch[i].reshape(28, 28).float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            picture = batch[i].detach().float().cpu().clamp(0, 1)
+            if picture.dim() == 3 and picture.shape[0] == 3:  # RGB: channels last for matplotlib
+                ax.imshow(picture.permute(1, 2, 0).numpy())
+            else:
+                ax.imshow(picture.reshape(picture.shape[-2], picture.shape[-1]).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0, 0].set_ylabel("input")

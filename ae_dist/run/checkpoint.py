@@ -31,7 +31,9 @@ REQUIRED = {"model", "optimizer", "epoch", "batch", "step", "config", "rng"}
 TEMPORARY = ".step_*.pt.tmp-*"  # a writer's file before its rename; left behind only by a killed writer
 # Config sections that must match for a checkpoint to continue this run, less what may move.
 MUST_MATCH = ("model", "data")
-MAY_DIFFER = {"data.root", "data.download"}
+MAY_DIFFER = {"data.root", "data.download",  # where the data lies; which data it is, is data.digest: a consent change
+              "data.path", "data.labels", "data.test_path", "data.test_labels", "data.cache_dir", "data.on_bad_image",
+              "data.digest", "data.fit", "data.max_pixels", "data.classes", "data.test_fraction"}
 
 
 @dataclass

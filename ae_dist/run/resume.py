@@ -25,7 +25,10 @@ from ae_dist.run.folder import RunDir, launch_command
 
 # Keys that do not change how the weights are made: where output goes, how it is shown, when to stop.
 PASS = ("wandb.", "checkpoint.", "run.progress", "run.lease_stale_s", "train.log_every", "train.threads",
-        "train.max_steps", "data.root", "data.download", "dist.timeout_s", "dist.static_graph", "dist.bucket_view")
+        "train.max_steps", "data.root", "data.download",
+        # where the data lies and how a bad file is met: the dataset itself is compared by its identity, data.digest
+        "data.path", "data.labels", "data.test_path", "data.test_labels", "data.cache_dir", "data.on_bad_image",
+        "dist.timeout_s", "dist.static_graph", "dist.bucket_view")
 NOT_COMPARED = ("run.dir", "train.resume")  # where the folder is now, and how this start was asked to resume
 HISTORY = "config-history.jsonl"
 
