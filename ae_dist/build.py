@@ -8,7 +8,7 @@ folder's config, so a command that is refused leaves the folder as it was.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,9 @@ from ae_dist.config import Config, dump_yaml, to_dict
 from ae_dist.dist.group import DistInfo, barrier
 from ae_dist.errors import UsageError
 from ae_dist.models import build_model
+from ae_dist.recipe.ema import EMA
+from ae_dist.recipe.selection import Selection
+from ae_dist.recipe.step import Recipe
 from ae_dist.run import checkpoint, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
@@ -39,6 +42,9 @@ class Training:
     state: checkpoint.TrainState
     checkpointer: checkpoint.Checkpointer
     lease: Lease | None  # rank 0's hold on the run folder (None elsewhere, and when nothing is written)
+    val_split: data.Split | None = None  # data.val_fraction's rows (None: no validation)
+    ema: EMA | None = None  # train.ema_decay's moving average of the weights
+    selection: Selection = field(default_factory=Selection)  # best validation loss so far, patience
 
     def say(self, line: str) -> None:
         if self.info.is_main:
@@ -49,7 +55,7 @@ def build(config: Config, info: DistInfo) -> Training:
     """Data, model, optimizer, and the state to continue from, agreed by every rank; rank 0 then holds
     the run folder's lease and writes its config, unless the run is complete (nothing is rewritten)."""
     torch.manual_seed(config.train.seed)
-    train_split, test_split = load_data(config, info)
+    train_split, val_split, test_split = load_data(config, info)
     check_split_sizes(config, len(train_split))
     model = build_model(config.model).to(info.device)
     optimizer = engine.build_optimizer(model, config.optim, info.device)
@@ -64,7 +70,8 @@ def build(config: Config, info: DistInfo) -> Training:
         nonlocal lease, decision
         decision = resume.decide(config.train.resume, run_dir, resolved, shapes, warn)
         saved = decision.payload or {}
-        if not is_complete(config, saved.get("epoch", 0), saved.get("step", 0)) or not run_dir.model.exists():
+        if not is_complete(config, saved.get("epoch", 0), saved.get("step", 0), stopped_early(saved)) \
+                or not run_dir.model.exists():
             lease = Lease(run_dir.root, config.run.lease_stale_s)
             lease.take()
         return {"path": str(decision.path) if decision.path else "", "token": lease.token if lease else ""}
@@ -84,21 +91,37 @@ def build(config: Config, info: DistInfo) -> Training:
         state = checkpoint.TrainState(payload["epoch"], payload["batch"], payload["step"],
                                       payload.get("wandb_run_id", "") if ours else state.wandb_run_id,
                                       payload.get("skipped_steps", 0), *payload.get("epoch_loss", (0.0, 0)),
-                                      resumed_from=path)
+                                      resumed_from=path, selection=payload.get("selection", []))
+    ema = EMA(model, config.train.ema_decay) if config.train.ema_decay else None
+    if ema is not None and isinstance(payload, dict) and "ema" in payload:
+        ema.load_state_dict(payload["ema"])  # (a run that turns EMA on when resumed starts it from the weights)
+    state.ema = ema.state_dict() if ema is not None else None
     checkpointer = checkpoint.Checkpointer(run_dir.checkpoints, config.checkpoint.every_steps, config.checkpoint.keep,
                                            resolved, writes=info.is_main)
-    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer, lease)
+    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer, lease,
+                        val_split if len(val_split) else None, ema, Selection.from_list(state.selection))
     if state.resumed_from is not None:
         checkpointer.saved_step = state.step
         training.say(f"resumed from {state.resumed_from} (epoch {state.epoch + 1}, step {state.step})")
-    if lease is not None and not is_complete(config, state.epoch, state.step):
+    if lease is not None and not is_complete(config, state.epoch, state.step, training.selection.stopped_early):
         resume.record(run_dir, state.step, decision.changes if decision else {})
         prepare_run_dir(run_dir, config)
     return training
 
 
-def is_complete(config: Config, epoch: int, step: int) -> bool:
-    return epoch >= config.train.epochs or bool(config.train.max_steps and step >= config.train.max_steps)
+def is_complete(config: Config, epoch: int, step: int, stopped_early: bool = False) -> bool:
+    """All epochs taken, train.max_steps reached, or stopped early (train.early_stop_patience): a completed run."""
+    return stopped_early or epoch >= config.train.epochs or bool(config.train.max_steps and step >= config.train.max_steps)
+
+
+def stopped_early(payload: dict) -> bool:
+    return Selection.from_list(payload.get("selection")).stopped_early
+
+
+def recipe_of(cfg: Config, batches: data.EpochBatches, ema: EMA | None = None) -> Recipe:
+    """The step's recipe for this start: the schedule's horizon is train.epochs x steps per epoch."""
+    return Recipe(cfg.optim, cfg.model, cfg.train.seed, cfg.train.accumulate, cfg.train.epochs * len(batches),
+                  cfg.train.batch_size, batches.positions(), ema)
 
 
 def check_split_sizes(config: Config, train_images: int) -> None:
@@ -110,15 +133,16 @@ def check_split_sizes(config: Config, train_images: int) -> None:
         raise error
 
 
-def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
-    """Rank 0 first (it may download), then the others; both splits moved to the device."""
+def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split, data.Split]:
+    """(train, val, test): rank 0 first (it may download), then the others; moved to the device. The
+    validation split is empty unless data.val_fraction > 0."""
     splits = None
     if info.is_main:
-        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
+        splits = tuple(data.load_split(config.data, part) for part in ("train", "val", "test"))
     barrier(info)
     if splits is None:
-        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
-    return splits[0].to(info.device), splits[1].to(info.device)
+        splits = tuple(data.load_split(config.data, part) for part in ("train", "val", "test"))
+    return tuple(split.to(info.device) for split in splits)
 
 
 def wrap(model: torch.nn.Module, config: Config, info: DistInfo) -> torch.nn.Module:

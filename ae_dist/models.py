@@ -1,7 +1,9 @@
-"""Autoencoders: the seed's exact MLP, and a small convolutional one.
+"""Autoencoders: the seed's exact MLP, and a small convolutional one; ``model.kind=vae`` puts a
+variational head on either.
 
-Both take and return ``(N, 1, 28, 28)`` images in [0, 1] and expose ``encode`` / ``decode``.
-The MLP's state_dict has the seed's keys, shapes and order (``encoder.0.weight`` ...).
+All take and return ``(N, 1, 28, 28)`` images in [0, 1] and expose ``encode`` / ``decode``; in eval
+mode ``model(x)`` is the deterministic reconstruction (a VAE decodes its mean). The MLP's state_dict
+has the seed's keys, shapes and order (``encoder.0.weight`` ...); kinds ae and dae share it.
 """
 
 from __future__ import annotations
@@ -70,7 +72,37 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(images))
 
 
+class VariationalAutoencoder(nn.Module):
+    """A VAE head on an autoencoder: its encoder's last linear layer, twice as wide, gives the code's
+    mean and log-variance; the decoder is the autoencoder's. Keys are the autoencoder's under ``base.``."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        last = base.encoder[-1]
+        base.encoder[-1] = nn.Linear(last.in_features, 2 * last.out_features)
+        self.base, self.latent_dim = base, last.out_features
+
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of each image's code."""
+        mean, logvar = self.base.encode(images).chunk(2, dim=1)
+        return mean, logvar
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The code's mean: deterministic."""
+        return self.moments(images)[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.base.decode(codes)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None):
+        """The reconstruction of the mean; with ``noise`` (standard normal, one row per image: training),
+        (reconstruction of ``mean + exp(logvar / 2) * noise``, mean, log-variance)."""
+        mean, logvar = self.moments(images)
+        if noise is None:
+            return self.decode(mean)
+        return self.decode(mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.name == "mlp":
-        return MLPAutoencoder(cfg.latent_dim, cfg.hidden)
-    return ConvAutoencoder(cfg.latent_dim, cfg.channels)
+    base = MLPAutoencoder(cfg.latent_dim, cfg.hidden) if cfg.name == "mlp" else ConvAutoencoder(cfg.latent_dim, cfg.channels)
+    return VariationalAutoencoder(base) if cfg.kind == "vae" else base

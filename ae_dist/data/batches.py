@@ -25,12 +25,18 @@ class EpochBatches:
     def __init__(self, split: Split, global_batch: int, rank: int, world_size: int, seed: int):
         self.split = split
         self.local_batch = global_batch // world_size
+        self.rank, self.world_size = rank, world_size
         self.steps = len(split) // global_batch
         self.sampler = DistributedSampler(range(len(split)), num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=seed, drop_last=False)
 
     def __len__(self) -> int:
         return self.steps
+
+    def positions(self) -> torch.Tensor:
+        """Where each row of this rank's batches sits in the global batch: row j of rank r is j * W + r
+        (`DistributedSampler` deals the permutation round-robin), on the split's device."""
+        return torch.arange(self.local_batch, device=self.split.images.device) * self.world_size + self.rank
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Float batches in [0, 1] on the split's device, from batch ``start`` on."""
