@@ -149,7 +149,9 @@ def wrap(model: torch.nn.Module, config: Config, info: DistInfo) -> torch.nn.Mod
     """DDP across ranks (and torch.compile when asked); the unwrapped model stays what is saved."""
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids, static_graph=config.dist.static_graph,
+        # DDP's static_graph does not support no_sync (its reducer asserts): off under train.accumulate > 1
+        static = config.dist.static_graph and config.train.accumulate == 1
+        model = DistributedDataParallel(model, device_ids=ids, static_graph=static,
                                         gradient_as_bucket_view=config.dist.bucket_view)
     if config.train.compile != "off":
         model = torch.compile(model, mode=None if config.train.compile == "default" else "reduce-overhead")

@@ -119,7 +119,8 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistConfig:
     timeout_s: float = _field(300.0, "seconds a rank waits on the others in a collective before giving up")
-    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here); resumes bitwise either way")
+    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here; off under train.accumulate > 1, "
+                                           "which it does not support); resumes bitwise either way")
     bucket_view: bool = _field(True, "DDP gradient_as_bucket_view (saves a gradient copy); resumes bitwise either way")
 
 
