@@ -187,12 +187,13 @@ def test_logged_lr_is_the_formula_across_a_requeue(nproc: int, tmp_path: Path) -
     run_dir = tmp_path / "run"
     args = [*TINY, "optim.schedule=cosine", "optim.warmup_steps=5", "optim.min_lr=1e-4", "train.threads=1",
             "wandb.mode=disabled", f"run.dir={run_dir}"]
-    job = Job.start(args, tmp_path, nproc, env=clean_env(tmp_path))
+    job = Job.start(args, tmp_path, nproc, srun_like=nproc > 1, env=clean_env(tmp_path))  # each rank as srun starts it
     job.wait_for_step(15)
-    job.signal(signal.SIGTERM)
-    assert job.wait() == [EXIT_PREEMPTED], job.output()[-3000:]
-    rerun = Job.start(args, tmp_path, nproc, env=clean_env(tmp_path), name="rerun")
-    assert rerun.wait() == [0], rerun.output()[-3000:]
+    job.signal(signal.SIGTERM)  # what SLURM sends before a requeue
+    assert job.wait() == [EXIT_PREEMPTED] * nproc, job.output()[-3000:]
+    rerun = Job.start(args, tmp_path, nproc, srun_like=nproc > 1, env=clean_env(tmp_path), name="rerun")
+    assert rerun.wait() == [0] * nproc, rerun.output()[-3000:]
+    assert "resumed from" in rerun.stdout()
     records = [r for r in metrics(run_dir) if r["kind"] == "train"]
     horizon = 3 * 23  # TINY: 3 epochs of 23 steps
     assert {r["step"] for r in records} >= {5, 10, 15, 20, 25, 50, 65}
