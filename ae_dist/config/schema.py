@@ -260,7 +260,7 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
             problems.append((f"invalid value {flat[key]!r}", key, "use a number >= 0"))
     if not 0 <= flat["train.ema_decay"] < 1:
         problems.append((f"invalid value {flat['train.ema_decay']!r}", "train.ema_decay", "use a number in [0, 1), e.g. 0.999"))
-    if flat["optim.min_lr"] > flat["optim.lr"]:
+    if flat["optim.lr"] > 0 and flat["optim.min_lr"] > flat["optim.lr"]:
         problems.append((f"optim.min_lr {flat['optim.min_lr']!r} is above optim.lr {flat['optim.lr']!r}", "optim.min_lr",
                          "use at most optim.lr"))
     for key in ("train.eval_every_steps", "train.early_stop_patience"):
