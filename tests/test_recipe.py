@@ -199,3 +199,18 @@ def test_logged_lr_is_the_formula_across_a_requeue(nproc: int, tmp_path: Path) -
     assert {r["step"] for r in records} >= {5, 10, 15, 20, 25, 50, 65}
     for record in records:
         assert record["lr"] == pytest.approx(formula(record["step"], horizon), rel=1e-12), record
+
+
+@pytest.mark.fast
+def test_evaluate_picks_the_ema_or_best_weights_and_says_when_there_are_none(tmp_path: Path, capsys) -> None:
+    from ae_dist import evaluate
+    from ae_dist.config import dump_yaml
+    from ae_dist.run.checkpoint import write_atomic
+
+    folder = RunDir(tmp_path)
+    folder.config.write_text(dump_yaml(load_config(None, ["data.name=digits"])), encoding="utf-8")
+    model = build_model(ModelConfig())
+    write_atomic(folder.model_best, model.state_dict())
+    assert evaluate.load_weights(folder, "best")[1] == "model-best.pt"
+    assert evaluate.main([str(tmp_path), "--weights", "ema"]) == 2
+    assert "no model-ema.pt in this run" in capsys.readouterr().err
