@@ -21,7 +21,7 @@ from ae_dist.data import Split
 from ae_dist.dist.group import DistInfo, all_reduce_
 from ae_dist.errors import Diverged
 from ae_dist.recipe import objective
-from ae_dist.recipe.step import Recipe
+from ae_dist.recipe.step import Recipe, clip_gradients
 from ae_dist.run.checkpoint import TrainState
 
 
@@ -125,9 +125,8 @@ def train_step(model: nn.Module, images: torch.Tensor, optimizer: torch.optim.Op
         for group in optimizer.param_groups:
             group["lr"] = lr
         if recipe.optim.clip_grad_norm:
-            recipe.logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                [p for group in optimizer.param_groups for p in group["params"]], recipe.optim.clip_grad_norm,
-                foreach=True)
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            recipe.logged["grad_norm"] = clip_gradients(grads, recipe.optim.clip_grad_norm)
     step_optimizer()
     if recipe is not None and recipe.ema is not None:
         recipe.ema.update()

@@ -40,3 +40,18 @@ class Recipe:
         noises = (drawn.chunk(self.accumulate) if self.accumulate > 1 else (drawn,)) if drawn is not None \
             else (None,) * len(parts)
         return list(zip(parts, noises))
+
+
+def clip_gradients(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale ``grads`` so their global L2 norm is at most ``max_norm``; the norm before clipping.
+
+    As ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)``, at most 1), with a
+    third of its Python. On the CPU, where reading the norm costs no device sync, a factor of exactly
+    1 (nothing to clip) skips the multiplication, which would leave the gradients as they are.
+    """
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    factor = (max_norm / (norm + 1e-6)).clamp_(max=1.0)
+    if norm.device.type != "cpu" or float(factor) < 1.0:
+        torch._foreach_mul_(grads, factor)
+    return norm
+
