@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,9 +17,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ae_dist import data, engine
 from ae_dist.config import Config, dump_yaml, to_dict
+from ae_dist.data.sources import PARTS
 from ae_dist.dist.group import DistInfo, barrier
 from ae_dist.errors import UsageError, os_fix
 from ae_dist.models import build_model, parameter_count
+from ae_dist.recipe.ema import EMA
+from ae_dist.recipe.selection import Selection
+from ae_dist.recipe.step import Recipe
 from ae_dist.run import checkpoint, completion, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
@@ -40,6 +44,9 @@ class Training:
     state: checkpoint.TrainState
     checkpointer: checkpoint.Checkpointer
     lease: Lease | None  # rank 0's hold on the run folder (None elsewhere, and when nothing is written)
+    val_split: data.Split | None = None  # data.val_fraction's rows (None: no validation)
+    ema: EMA | None = None  # train.ema_decay's moving average of the weights
+    selection: Selection = field(default_factory=Selection)  # best validation loss so far, patience
 
     def say(self, line: str) -> None:
         if self.info.is_main:
@@ -51,7 +58,7 @@ def build(config: Config, info: DistInfo) -> Training:
     the run folder's lease and writes its config, unless the run is complete (`completion.is_complete`: nothing
     is rewritten); a continuation of a complete run (a larger train.epochs) clears its completion record."""
     torch.manual_seed(config.train.seed)
-    train_split, test_split = load_data(config, info)
+    train_split, val_split, test_split = load_data(config, info)
     check_split_sizes(config, len(train_split))
     check_model_fits(config, train_split.shape)
     model = build_model(config.model, train_split.shape).to(info.device)
@@ -88,18 +95,29 @@ def build(config: Config, info: DistInfo) -> Training:
         state = checkpoint.TrainState(payload["epoch"], payload["batch"], payload["step"],
                                       payload.get("wandb_run_id", "") if ours else state.wandb_run_id,
                                       payload.get("skipped_steps", 0), *payload.get("epoch_loss", (0.0, 0)),
-                                      resumed_from=path)
+                                      resumed_from=path, selection=payload.get("selection", []))
+    ema = EMA(model, config.train.ema_decay) if config.train.ema_decay else None
+    if ema is not None and isinstance(payload, dict) and "ema" in payload:
+        ema.load_state_dict(payload["ema"])  # (a run that turns EMA on when resumed starts it from the weights)
+    state.ema = ema.state_dict() if ema is not None else None
     checkpointer = checkpoint.Checkpointer(run_dir.checkpoints, config.checkpoint.every_steps, config.checkpoint.keep,
                                            resolved, writes=info.is_main)
-    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer, lease)
+    training = Training(config, info, run_dir, model, optimizer, train_split, test_split, state, checkpointer, lease,
+                        val_split if len(val_split) else None, ema, Selection.from_list(state.selection))
     if state.resumed_from is not None:
         checkpointer.saved_step = state.step
         training.say(f"resumed from {state.resumed_from} (epoch {state.epoch + 1}, step {state.step})")
-    if lease is not None and not completion.reached(config.train, state.epoch, state.step):
+    if lease is not None and not completion.reached(config.train, state.epoch, state.step, training.selection.stopped_early):
         completion.clear(run_dir)  # a continuation starts: not complete until its own wrap-up
         resume.record(run_dir, state.step, decision.changes if decision else {})
         prepare_run_dir(run_dir, config)
     return training
+
+
+def recipe_of(cfg: Config, batches: data.EpochBatches, ema: EMA | None = None) -> Recipe:
+    """The step's recipe for this start: the schedule's horizon is train.epochs x steps per epoch."""
+    return Recipe(cfg.optim, cfg.model, cfg.train.seed, cfg.train.accumulate, cfg.train.epochs * len(batches),
+                  cfg.train.batch_size, batches.positions(), ema)
 
 
 def check_split_sizes(config: Config, train_images: int) -> None:
@@ -123,28 +141,29 @@ def check_model_fits(config: Config, shape: tuple[int, int, int]) -> None:
                          f"{memory / 1e9:.0f} GB", key, "use a smaller data.size, model.name=conv, or narrower layers")
 
 
-def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split]:
-    """Both splits, on the device when they fit there comfortably (else on the host, batches copied per step).
+def load_data(config: Config, info: DistInfo) -> tuple[data.Split, data.Split, data.Split]:
+    """(train, val, test), on the device when they fit there comfortably (else on the host, batches copied per step).
 
-    Built-in datasets: rank 0 first (it may download), then the others. Folders and arrays: prepared first
+    The validation split is empty unless data.val_fraction > 0. Built-in datasets: rank 0 first (it may
+    download), then the others. Folders and arrays: prepared first
     by every rank together when not yet prepared (`ae_dist.prepare`), then memory-mapped by each rank.
     """
     if config.data.name in ("folder", "array"):
         from ae_dist.prepare import prepare
 
         prepare(config.data, info, say=print if info.is_main else (lambda line: None))
-        splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
-        if not len(splits[1]):
+        splits = tuple(data.load_split(config.data, part) for part in PARTS)
+        if not len(splits[2]):
             raise UsageError("the test split is empty", "data.test_fraction",
                              "use data.test_fraction > 0 or give data.test_path")
     else:
         splits = None
         if info.is_main:
-            splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
+            splits = tuple(data.load_split(config.data, part) for part in PARTS)
         barrier(info)
         if splits is None:
-            splits = data.load_split(config.data, "train"), data.load_split(config.data, "test")
-    return _placed(splits[0], info), _placed(splits[1], info)
+            splits = tuple(data.load_split(config.data, part) for part in PARTS)
+    return tuple(_placed(split, info) for split in splits)
 
 
 def _placed(split: data.Split, info: DistInfo) -> data.Split:
@@ -159,7 +178,9 @@ def wrap(model: torch.nn.Module, config: Config, info: DistInfo) -> torch.nn.Mod
     """DDP across ranks (and torch.compile when asked); the unwrapped model stays what is saved."""
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids, static_graph=config.dist.static_graph,
+        # DDP's static_graph does not support no_sync (its reducer asserts): off under train.accumulate > 1
+        static = config.dist.static_graph and config.train.accumulate == 1
+        model = DistributedDataParallel(model, device_ids=ids, static_graph=static,
                                         gradient_as_bucket_view=config.dist.bucket_view)
     if config.train.compile != "off":
         model = torch.compile(model, mode=None if config.train.compile == "default" else "reduce-overhead")

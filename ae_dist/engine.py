@@ -20,6 +20,8 @@ from ae_dist.config import OptimConfig, TrainConfig
 from ae_dist.data import Split
 from ae_dist.dist.group import DistInfo, all_reduce_
 from ae_dist.errors import Diverged
+from ae_dist.recipe import objective
+from ae_dist.recipe.step import Recipe, clip_gradients
 from ae_dist.run.checkpoint import TrainState
 
 
@@ -106,20 +108,55 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
 
 
 def train_step(model: nn.Module, images: torch.Tensor, optimizer: torch.optim.Optimizer, step_optimizer: FusedAdamStep,
-               cfg: TrainConfig) -> tuple[torch.Tensor, bool]:
-    """One optimizer step on ``images``: (the loss, left on the device; whether the update was applied).
+               cfg: TrainConfig, recipe: Recipe | None = None, step: int = 0) -> tuple[torch.Tensor, bool]:
+    """Optimizer step ``step`` (1-based) on ``images``: (the loss, left on the device; whether the update was applied).
 
-    Under nan_policy=skip a step whose loss or gradients are not finite is not applied (every
-    rank sees the same all-reduced gradients, so all of them skip it).
+    With a `Recipe`: gradients summed over ``train.accumulate`` micro-batches (DDP's all-reduce only
+    on the last), the step's learning rate, gradient clipping, then the EMA. Under nan_policy=skip a
+    step whose loss or gradients are not finite is not applied (every rank sees the same all-reduced
+    gradients, so all of them skip it).
     """
-    with autocast(cfg, images.device):
-        loss = F.mse_loss(model(images).float(), images)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = accumulate_gradients(model, images, cfg, recipe, step)
     if cfg.nan_policy == "skip" and not _finite(loss, model):
         return loss, False
+    if recipe is not None:
+        lr = recipe.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if recipe.optim.clip_grad_norm:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            recipe.logged["grad_norm"] = clip_gradients(grads, recipe.optim.clip_grad_norm)
     step_optimizer()
+    if recipe is not None and recipe.ema is not None:
+        recipe.ema.update()
     return loss, True
+
+
+def accumulate_gradients(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, recipe: Recipe | None,
+                         step: int) -> torch.Tensor:
+    """Forward and backward over the micro-batches; the mean loss. DDP syncs gradients on the last one only."""
+    if recipe is None:
+        with autocast(cfg, images.device):
+            loss = F.mse_loss(model(images).float(), images)
+        loss.backward()
+        return loss
+    parts = recipe.micro_batches(images, step)
+    total, terms = None, {}
+    for i, (part, noise) in enumerate(parts):
+        last = i == len(parts) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with autocast(cfg, images.device):
+                loss, part_terms = objective.loss(model, part, noise, recipe.model)
+            (loss / len(parts) if len(parts) > 1 else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        for name, value in part_terms.items():
+            terms[name] = value if name not in terms else terms[name] + value
+    if len(parts) > 1:
+        total = total / len(parts)
+        terms = {name: value / len(parts) for name, value in terms.items()}
+    recipe.logged.update(terms)
+    return total
 
 
 def _finite(loss: torch.Tensor, model: nn.Module) -> bool:

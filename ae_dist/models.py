@@ -1,10 +1,12 @@
-"""Autoencoders: the seed's exact MLP, and a small convolutional one.
+"""Autoencoders: the seed's exact MLP, and a small convolutional one; ``model.kind=vae`` puts a
+variational head on either.
 
 Both take the data's shape ``(C, H, W)`` and return images of that shape in [0, 1], and expose
-``encode`` / ``decode``. At the seed's 1x28x28 the MLP is the seed's exact model: its state_dict has
-the seed's keys, shapes and order (``encoder.0.weight`` ...), 219,891 parameters. The conv model
-takes any H, W: the input is padded on the bottom and right up to a multiple of 2**stages (with
-zeros) and the output cropped back to H, W, so output shape = input shape.
+``encode`` / ``decode``; in eval mode ``model(x)`` is the deterministic reconstruction (a VAE decodes
+its mean). At the seed's 1x28x28 the MLP is the seed's exact model: its state_dict has the seed's
+keys, shapes and order (``encoder.0.weight`` ...), 219,891 parameters; kinds ae and dae share it.
+The conv model takes any H, W: the input is padded on the bottom and right up to a multiple of
+2**stages (with zeros) and the output cropped back to H, W, so output shape = input shape.
 """
 
 from __future__ import annotations
@@ -82,12 +84,45 @@ class ConvAutoencoder(nn.Module):
         return self.decode(self.encode(images))
 
 
+class VariationalAutoencoder(nn.Module):
+    """A VAE head on an autoencoder: its encoder's last linear layer, twice as wide, gives the code's
+    mean and log-variance; the decoder is the autoencoder's. Keys are the autoencoder's under ``base.``."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        last = base.encoder[-1]
+        base.encoder[-1] = nn.Linear(last.in_features, 2 * last.out_features)
+        self.base, self.latent_dim = base, last.out_features
+
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of each image's code."""
+        mean, logvar = self.base.encode(images).chunk(2, dim=1)
+        return mean, logvar
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The code's mean: deterministic."""
+        return self.moments(images)[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.base.decode(codes)
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None):
+        """The reconstruction of the mean; with ``noise`` (standard normal, one row per image: training),
+        (reconstruction of ``mean + exp(logvar / 2) * noise``, mean, log-variance)."""
+        mean, logvar = self.moments(images)
+        if noise is None:
+            return self.decode(mean)
+        return self.decode(mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+
+
 def build_model(cfg: ModelConfig, shape: tuple[int, int, int] = IMAGE_SHAPE) -> nn.Module:
-    """The model ``cfg`` names for images of ``shape`` (C, H, W)."""
+    """The model ``cfg`` names for images of ``shape`` (C, H, W); a VAE head on it for ``model.kind=vae``."""
     shape = tuple(int(side) for side in shape)
     if cfg.name == "mlp":
-        return MLPAutoencoder(cfg.latent_dim, cfg.hidden, shape)
-    return ConvAutoencoder(cfg.latent_dim, cfg.channels, shape)
+        base = MLPAutoencoder(cfg.latent_dim, cfg.hidden, shape)
+    else:
+        base = ConvAutoencoder(cfg.latent_dim, cfg.channels, shape)
+    return VariationalAutoencoder(base) if cfg.kind == "vae" else base
 
 
 def parameter_count(cfg: ModelConfig, shape: tuple[int, int, int]) -> int:
@@ -95,9 +130,13 @@ def parameter_count(cfg: ModelConfig, shape: tuple[int, int, int]) -> int:
     c, h, w = shape
     if cfg.name == "mlp":
         widths = [c * h * w, *cfg.hidden, cfg.latent_dim]
-        return sum(a * b + b for a, b in zip(widths, widths[1:])) + sum(a * b + a for a, b in zip(widths, widths[1:]))
-    stride = 2 ** len(cfg.channels)
-    flat = cfg.channels[-1] * -(-h // stride) * -(-w // stride)
-    chans = [c, *cfg.channels]
-    convs = sum(9 * a * b + b for a, b in zip(chans, chans[1:])) + sum(9 * a * b + a for a, b in zip(chans, chans[1:]))
-    return convs + 2 * flat * cfg.latent_dim + flat + cfg.latent_dim
+        count = sum(a * b + b for a, b in zip(widths, widths[1:])) + sum(a * b + a for a, b in zip(widths, widths[1:]))
+        last_in = widths[-2]
+    else:
+        stride = 2 ** len(cfg.channels)
+        flat = cfg.channels[-1] * -(-h // stride) * -(-w // stride)
+        chans = [c, *cfg.channels]
+        count = (sum(9 * a * b + b for a, b in zip(chans, chans[1:])) + sum(9 * a * b + a for a, b in zip(chans, chans[1:]))
+                 + 2 * flat * cfg.latent_dim + flat + cfg.latent_dim)
+        last_in = flat
+    return count + (last_in * cfg.latent_dim + cfg.latent_dim if cfg.kind == "vae" else 0)  # the VAE's log-variance

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ae_dist import baseline, data, engine
-from ae_dist.build import Training, build, check_split_sizes, load_data, wrap
+from ae_dist import baseline, data, engine, validation
+from ae_dist.build import Training, build, check_split_sizes, load_data, recipe_of, wrap
 from ae_dist.config import Config, check_world_size, resolve_paths, to_dict
 from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
 from ae_dist.dist.job import Job
@@ -84,19 +84,19 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
 def fit(t: Training, stop: StopSignals) -> RunResult:
     """The training loop: steps, logging, checkpoints, stop requests and epoch ends, in this order."""
     cfg, state, info = t.config, t.state, t.info
-    if completion.reached(cfg.train, state.epoch, state.step):
+    if completion.reached(cfg.train, state.epoch, state.step, t.selection.stopped_early):
         stop.phase = FINISHING
         t.say(f"run complete: {t.run_dir.root} (step {state.step})")
         if info.is_main and not completion.is_complete(t.run_dir, cfg.train):  # stopped during its wrap-up
             finish(t)
-            completion.write(t.run_dir, cfg.train, state.epoch, state.step)
+            completion.write(t.run_dir, cfg.train, state.epoch, state.step, t.selection.stopped_early)
         return RunResult("completed", t.run_dir.root, state.step)
     model = wrap(t.model, cfg, info)
     batches = data.EpochBatches(t.train_split, cfg.train.batch_size, info.rank, info.world_size, cfg.train.seed,
                                 info.device)
     t.say(f"global batch {cfg.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}; "
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
-    optimizer_step = engine.FusedAdamStep(t.optimizer)
+    optimizer_step, recipe = engine.FusedAdamStep(t.optimizer), recipe_of(cfg, batches, t.ema)
     rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
     if info.is_main:  # this start in run.json: the command as launched, every rank's host, the code's version
         record_launch(t.run_dir, rank_clock.hosts, Job.from_env().id)
@@ -108,12 +108,13 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     progress.start_at(state.step)
     stopped_by = 0  # the signal number that stopped the run, agreed by every rank
     try:
-        stop.phase, at_max = TRAINING, False  # from here a stop signal means: checkpoint at the next step boundary
-        while not completion.reached(cfg.train, state.epoch, state.step):
+        stop.phase, at_max, early = TRAINING, False, False  # from here a stop signal: checkpoint at the next step boundary
+        while not completion.reached(cfg.train, state.epoch, state.step, t.selection.stopped_early):
             model.train()
             window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
             for images in batches.epoch(state.epoch, start=state.batch):
-                loss, applied = engine.train_step(model, images, t.optimizer, optimizer_step, cfg.train)
+                loss, applied = engine.train_step(model, images, t.optimizer, optimizer_step, cfg.train, recipe,
+                                                  state.step + 1)
                 state.batch += 1
                 state.step += 1
                 if applied:
@@ -127,11 +128,12 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     monitor.log_ranks(rank_clock.gather(state.step))
                     monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
                                  "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"],
-                                 "world_size": info.world_size})
+                                 "world_size": info.world_size, **logged_terms(recipe)})
                 progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
                 stopped_by = stop.should_stop(state.step, info)
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
-                if t.checkpointer.due(state.step) or stopped_by or at_max:
+                early = validation.due(t, state.step, epoch_end=False) and validation.validate(t, monitor)
+                if t.checkpointer.due(state.step) or stopped_by or at_max or early:
                     window.fold(state, info)
                     t.checkpointer.save(t.model, t.optimizer, state)
                 rank_clock.step_done(state.batch)
@@ -142,7 +144,9 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     t.say(f"reached train.max_steps={cfg.train.max_steps} at step {state.step}, "
                           f"in epoch {state.epoch + 1}; a larger train.max_steps continues the run")
                     break
-            if at_max or stopped_by:
+                if early:
+                    break
+            if at_max or stopped_by or early:
                 break
             window.fold(state, info)
             elapsed = time.perf_counter() - started
@@ -152,7 +156,7 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
         if info.is_main and not stopped_by:
             finish(t)
             monitor.log_model(t.run_dir.model, state.step, state.epoch)  # before W&B closes
-            completion.write(t.run_dir, cfg.train, state.epoch, state.step)  # the wrap-up has finished
+            completion.write(t.run_dir, cfg.train, state.epoch, state.step, t.selection.stopped_early)  # the wrap-up has finished
     finally:
         stop.phase = FINISHING
         progress.close()
@@ -163,6 +167,11 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     if stopped_by:
         return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
     return RunResult("completed", t.run_dir.root, state.step)
+
+
+def logged_terms(recipe) -> dict[str, float]:
+    """The newest step's extra terms (grad_norm; the VAE's recon and kl), read at logging steps only."""
+    return {name: float(value) for name, value in recipe.logged.items()}
 
 
 def open_monitor(t: Training, hosts: list[str], base: baseline.Baseline | None) -> Monitor | NullMonitor:
@@ -180,10 +189,14 @@ def end_epoch(t: Training, monitor: Monitor | NullMonitor, samples_per_s: float,
     cfg, state = t.config, t.state
     train_loss = state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else float("nan")
     test_loss = engine.evaluate(t.model, t.test_split, cfg.train.eval_batch_size, cfg.train, t.info)
+    ema_loss = {} if t.ema is None else {
+        "test_loss_ema": engine.evaluate(t.ema.model, t.test_split, cfg.train.eval_batch_size, cfg.train, t.info)}
+    if validation.due(t, state.step, epoch_end=True):
+        validation.validate(t, monitor)
     state.epoch, state.batch = state.epoch + 1, 0
     state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
     record = {"kind": "epoch", "step": state.step, "epoch": state.epoch, "train_loss": train_loss,
-              "test_loss": test_loss, "samples_per_s": samples_per_s, "lr": t.optimizer.param_groups[0]["lr"],
+              "test_loss": test_loss, **ema_loss, "samples_per_s": samples_per_s, "lr": t.optimizer.param_groups[0]["lr"],
               "skipped_steps": state.skipped_steps, "world_size": t.info.world_size, **(base.fields(test_loss) if base else {})}
     every = cfg.wandb.images_every_epochs
     drawing = t.info.is_main and every and (state.epoch % every == 0 or state.epoch == cfg.train.epochs)
@@ -204,13 +217,21 @@ def draw_pictures(t: Training) -> dict[str, Path]:
     plots.draw_reconstructions(shown, recon, paths["recon"], f"test images above reconstructions ({title})")
     plots.draw_latent(codes, split.labels, paths["latent"], f"test-set latent codes by class ({title})",
                       split.class_names(t.config.data.name))
+    if t.config.model.kind == "vae":  # decoded draws from the prior N(0, 1), the same draws each time
+        generator = torch.Generator().manual_seed(t.config.train.seed)
+        with torch.no_grad():
+            drawn = model.decode(torch.randn(2 * PICTURE_COUNT, model.latent_dim, generator=generator).to(shown.device))
+        paths["samples"] = t.run_dir.picture("samples")
+        plots.draw_samples(drawn, paths["samples"], f"decoded samples from the prior ({title})")
     return paths
 
 
 def finish(t: Training) -> None:
-    """Final weights (a plain state_dict, no wrapper prefixes), pictures, loss curve; last, whether the model beats
-    the baseline."""
+    """Final weights (a plain state_dict, no wrapper prefixes; the EMA's in model-ema.pt), pictures, loss curve;
+    last, whether the model beats the baseline."""
     write_atomic(t.run_dir.model, {k: v.detach().cpu() for k, v in t.model.state_dict().items()})
+    if t.ema is not None:
+        write_atomic(t.run_dir.model_ema, {k: v.detach().cpu() for k, v in t.ema.state_dict().items()})
     draw_pictures(t)
     records = read_metrics(t.run_dir.metrics)
     plots.draw_loss(records, t.run_dir.picture("loss"))
@@ -226,15 +247,16 @@ def dry_run(config: Config) -> int:
     check_world_size(config, int(read_env().get("WORLD_SIZE", "1")))
     with distributed(config.train.device, config.dist.timeout_s) as info:
         torch.manual_seed(config.train.seed)
-        train_split, test_split = load_data(config, info)
+        train_split, _, test_split = load_data(config, info)
         check_split_sizes(config, len(train_split))
         raw = build_model(config.model, train_split.shape).to(info.device)
         optimizer = engine.build_optimizer(raw, config.optim, info.device)
         model, step_optimizer = wrap(raw, config, info), engine.FusedAdamStep(optimizer)
         batches = data.EpochBatches(train_split, config.train.batch_size, info.rank, info.world_size, config.train.seed,
                                     info.device)
-        losses = [float(engine.train_step(model, images, optimizer, step_optimizer, config.train)[0].detach())
-                  for images, _ in zip(batches.epoch(0), range(2))]
+        recipe = recipe_of(config, batches)
+        losses = [float(engine.train_step(model, images, optimizer, step_optimizer, config.train, recipe, step)[0].detach())
+                  for images, step in zip(batches.epoch(0), (1, 2))]
         if info.is_main:
             print(f"dry run: {config.data.name} {len(train_split):,} train / {len(test_split):,} test images; "
                   f"{config.model.name} {sum(p.numel() for p in raw.parameters()):,} weights on {info.device}; "

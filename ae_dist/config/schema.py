@@ -76,6 +76,11 @@ class ModelConfig:
     latent_dim: int = _field(3, "size of the latent code")
     hidden: tuple[int, ...] = _field((128, 64, 12), "mlp hidden widths, encoder order (decoder mirrors them)")
     channels: tuple[int, ...] = _field((16, 32), "conv channels per stride-2 stage")
+    kind: Literal["ae", "dae", "vae"] = _field(
+        "ae", "ae: plain autoencoder; dae: denoising (inputs get Gaussian noise of model.noise_std, targets stay "
+              "clean); vae: variational (the encoder gives a mean and log-variance, loss = MSE + model.beta x KL / pixels)")
+    noise_std: float = _field(0.1, "dae: standard deviation of the noise added to each input pixel")
+    beta: float = _field(1.0, "vae: weight of the KL term (per sample, divided by the pixel count) beside the MSE")
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,14 @@ class TrainConfig:
                          path=("auto", "changed", "never"))
     max_steps: int = _field(0, "stop after this many optimizer steps in all (0 = no limit); the run can be continued")
     log_every: int = _field(100, "steps between train-loss log records (each costs one host sync)")
-    eval_batch_size: int = _field(1000, "batch size for the test-split pass")
+    eval_batch_size: int = _field(1000, "batch size for the validation and test passes")
+    accumulate: int = _field(1, "micro-batches per optimizer step (gradients summed, one all-reduce per step); "
+                                "train.batch_size stays the global batch per step and must divide by world size x this")
+    ema_decay: float = _field(0.0, "exponential moving average of the weights, updated each step (e.g. 0.999; 0 = off); "
+                                   "saved as model-ema.pt and used to choose model-best.pt")
+    eval_every_steps: int = _field(0, "steps between validation passes (0 = at each epoch end); needs data.val_fraction > 0")
+    early_stop_patience: int = _field(0, "stop (a completed run) after this many validation passes without a new best "
+                                         "(0 = off); needs data.val_fraction > 0")
     threads: int = _field(0, "intra-op threads per rank; 0 = SLURM_CPUS_PER_TASK, else node cores / ranks on the node")
     nan_policy: Literal["stop", "skip"] = _field(
         "stop", "on a NaN/Inf loss: stop = exit naming the step; skip = drop that step's update and count it")
@@ -108,6 +120,12 @@ class OptimConfig:
     impl: Literal["auto", "fused", "foreach", "loop"] = _field(
         "auto", "Adam implementation; auto = fused where the device has it, CPU included; each resumes bitwise, "
                 "they differ in the last bits")
+    schedule: Literal["constant", "cosine", "linear"] = _field(
+        "constant", "learning rate after warmup, over train.epochs x steps per epoch: constant | cosine | linear "
+                    "(both decay from optim.lr to optim.min_lr)")
+    warmup_steps: int = _field(0, "optimizer steps of linear warmup from optim.lr / warmup_steps up to optim.lr")
+    min_lr: float = _field(0.0, "learning rate at the last step of a cosine or linear schedule")
+    clip_grad_norm: float = _field(0.0, "clip the global gradient norm to this (0 = off); the norm is logged as grad_norm")
 
 
 @dataclass(frozen=True)
@@ -129,7 +147,8 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class DistConfig:
     timeout_s: float = _field(300.0, "seconds a rank waits on the others in a collective before giving up")
-    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here); resumes bitwise either way")
+    static_graph: bool = _field(True, "DDP static_graph (the graph never changes here; off under train.accumulate > 1, "
+                                           "which it does not support); resumes bitwise either way")
     bucket_view: bool = _field(True, "DDP gradient_as_bucket_view (saves a gradient copy); resumes bitwise either way")
 
 
@@ -165,8 +184,10 @@ class Config:
 
 
 AT_LEAST_1 = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every",
-              "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test")
-AT_LEAST_0 = ("train.max_steps", "train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs")
+              "train.eval_batch_size", "checkpoint.keep", "data.synthetic_train", "data.synthetic_test", "train.accumulate")
+AT_LEAST_0 = ("train.max_steps", "train.seed", "train.threads", "checkpoint.every_steps", "wandb.images_every_epochs",
+              "train.eval_every_steps", "train.early_stop_patience", "optim.warmup_steps")
+NOT_NEGATIVE = ("optim.min_lr", "optim.clip_grad_norm", "model.noise_std", "model.beta")
 POSITIVE = ("optim.lr", "dist.timeout_s", "run.lease_stale_s")
 AT_MOST = {"train.batch_size": 1 << 24, "train.eval_batch_size": 1 << 24, "data.synthetic_train": 1 << 24,
            "data.synthetic_test": 1 << 24, "model.latent_dim": 1 << 16, "train.threads": 1 << 12, "train.seed": 1 << 62,
@@ -261,8 +282,17 @@ def validate(config: Config) -> list[tuple[str, str, str]]:
     for key in POSITIVE:
         if not flat[key] > 0:
             problems.append((f"invalid value {flat[key]!r}", key, "use a number > 0"))
-    if flat["optim.weight_decay"] < 0:
-        problems.append((f"invalid value {flat['optim.weight_decay']!r}", "optim.weight_decay", "use a number >= 0"))
+    for key in ("optim.weight_decay", *NOT_NEGATIVE):
+        if not flat[key] >= 0:
+            problems.append((f"invalid value {flat[key]!r}", key, "use a number >= 0"))
+    if not 0 <= flat["train.ema_decay"] < 1:
+        problems.append((f"invalid value {flat['train.ema_decay']!r}", "train.ema_decay", "use a number in [0, 1), e.g. 0.999"))
+    if flat["optim.lr"] > 0 and flat["optim.min_lr"] > flat["optim.lr"]:
+        problems.append((f"optim.min_lr {flat['optim.min_lr']!r} is above optim.lr {flat['optim.lr']!r}", "optim.min_lr",
+                         "use at most optim.lr"))
+    for key in ("train.eval_every_steps", "train.early_stop_patience"):
+        if flat[key] and not flat["data.val_fraction"] > 0:
+            problems.append(("no validation split to evaluate on", key, "set data.val_fraction (e.g. 0.1), or leave it 0"))
     for key in ("model.hidden", "model.channels"):
         if not flat[key] or any(width < 1 for width in flat[key]):
             problems.append((f"invalid value {shown(list(flat[key]))}", key, "use a list of integers >= 1"))
@@ -355,12 +385,14 @@ def resolve_paths(config: Config, absolute: bool = False) -> Config:
 
 
 def check_world_size(config: Config, world_size: int) -> None:
-    """The global batch is split evenly across ranks; say so when it cannot be."""
-    if config.train.batch_size % world_size:
+    """The global batch is split evenly across ranks and each rank's share into train.accumulate micro-batches."""
+    parts = world_size * config.train.accumulate
+    if config.train.batch_size % parts:
+        within = f" x train.accumulate {config.train.accumulate}" if config.train.accumulate > 1 else ""
         raise UsageError(
-            f"global batch {config.train.batch_size} does not divide by world size {world_size}",
+            f"global batch {config.train.batch_size} does not divide by world size {world_size}{within}",
             "train.batch_size",
-            f"use a multiple of {world_size}",
+            f"use a multiple of {parts}",
         )
 
 

@@ -47,6 +47,7 @@ class EpochBatches:
                  device: torch.device | None = None):
         self.split = split
         self.local_batch = global_batch // world_size
+        self.rank, self.world_size = rank, world_size
         self.steps = len(split) // global_batch
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.device = device if device is not None else split.images.device
@@ -60,6 +61,11 @@ class EpochBatches:
         """This rank's indices of the epoch, (steps, local batch)."""
         indices = sampler_indices(len(self.split), self.world_size, self.rank, self.seed, epoch)
         return indices[: self.steps * self.local_batch].view(self.steps, self.local_batch)
+
+    def positions(self) -> torch.Tensor:
+        """Where each row of this rank's batches sits in the global batch: row j of rank r is j * W + r
+        (`DistributedSampler` deals the permutation round-robin), on the batches' device."""
+        return torch.arange(self.local_batch, device=self.device) * self.world_size + self.rank
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Float batches in [0, 1] on the device, from batch ``start`` on."""

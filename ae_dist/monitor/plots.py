@@ -1,4 +1,4 @@
-"""The run's pictures: reconstructions, latent codes, loss curves (matplotlib, Agg)."""
+"""The run's pictures: reconstructions, latent codes, a VAE's samples, loss curves (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,21 @@ def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, path: Path,
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("output")
     fig.suptitle(title or "test images and their reconstructions")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def draw_samples(images: torch.Tensor, path: Path, title: str = "", columns: int = 10) -> None:
+    """Generated images in rows of ``columns`` (a VAE's decoded draws from its prior)."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.0, rows * 1.05 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            ax.imshow(images[i].reshape(28, 28).float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("on" if i < len(images) else "off")
+    fig.suptitle(title or "decoded samples from the prior")
     fig.tight_layout()
     _save(fig, path)
 

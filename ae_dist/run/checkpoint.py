@@ -17,7 +17,7 @@ import re
 import sys
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ TEMPORARY = ".step_*.pt.tmp-*"  # a writer's file before its rename; left behind
 MUST_MATCH = ("model", "data")
 MAY_DIFFER = {"data.root", "data.download",  # where the data lies; which data it is, is data.digest: a consent change
               "data.path", "data.labels", "data.test_path", "data.test_labels", "data.cache_dir", "data.on_bad_image",
-              "data.digest", "data.fit", "data.max_pixels", "data.classes", "data.test_fraction"}
+              "data.digest", "data.fit", "data.max_pixels", "data.classes", "data.test_fraction",
+              "model.noise_std", "model.beta"}  # the last two: the consent check
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # this epoch's losses so far, summed over every rank's steps
     epoch_loss_count: int = 0  # how many (rank, step) losses that sum holds
     resumed_from: Path | None = None  # the checkpoint this start continued from (not saved)
+    selection: list = field(default_factory=list)  # best validation loss, its step, passes since, stopped early
+    ema: dict[str, torch.Tensor] | None = None  # the EMA weights' state_dict (train.ema_decay > 0)
 
 
 def rng_state() -> dict[str, Any]:
@@ -112,6 +115,10 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "config": config,
         "wandb_run_id": state.wandb_run_id,
     }
+    if state.selection:
+        payload["selection"] = state.selection
+    if state.ema is not None:
+        payload["ema"] = state.ema
     path = folder / f"step_{state.step:08d}.pt"
     try:
         write_atomic(path, payload)

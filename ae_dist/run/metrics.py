@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-KIND_ORDER = {"train": 0, "epoch": 1}
+KIND_ORDER = {"train": 0, "val": 1, "epoch": 2}  # records of one step, in the order they are written
 
 
 class MetricsFile:

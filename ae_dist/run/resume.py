@@ -2,7 +2,9 @@
 
 Rank 0 reads the run folder (nothing is written here): the newest complete checkpoint (or the
 one ``train.resume`` names), and whether this command's config may continue it. Keys that only
-change where output goes or how it is shown pass, and so does a longer ``train.epochs``; any
+change where output goes or how it is shown pass, and so do ``train.accumulate`` (like a world-size
+change: the float order only) and a longer ``train.epochs`` under a constant ``optim.schedule`` (a
+decaying schedule's horizon is train.epochs, so a longer run would reshape past learning rates); any
 other change (lr, batch, seed, precision, a shorter run, ...) is refused naming each key
 ``old -> new``, unless ``train.resume=changed``, and then recorded in ``config-history.jsonl``.
 Every rank then loads the checkpoint rank 0 chose, after checking that it sees the run folder
@@ -23,9 +25,10 @@ from ae_dist.errors import UsageError, printable
 from ae_dist.run import checkpoint
 from ae_dist.run.folder import RunDir, launch_command
 
-# Keys that do not change how the weights are made: where output goes, how it is shown, when to stop.
+# Keys that do not change how the weights are made: where output goes, how it is shown, when to stop
+# (train.accumulate, like the world size, changes only the order of the float sums).
 PASS = ("wandb.", "checkpoint.", "run.progress", "run.lease_stale_s", "train.log_every", "train.threads",
-        "train.max_steps", "data.root", "data.download",
+        "train.max_steps", "train.accumulate", "data.root", "data.download",
         # where the data lies and how a bad file is met: the dataset itself is compared by its identity, data.digest
         "data.path", "data.labels", "data.test_path", "data.test_labels", "data.cache_dir", "data.on_bad_image",
         "dist.timeout_s", "dist.static_graph", "dist.bucket_view")
@@ -54,13 +57,14 @@ def changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[A
             if key in old and old[key] != new[key] and key not in NOT_COMPARED}
 
 
-def refused(found: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
-    """The changes that need ``train.resume=changed``."""
+def refused(found: dict[str, tuple[Any, Any]], current: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The changes that need ``train.resume=changed``; ``current`` is this command's resolved config."""
+    constant = (current or {}).get("optim", {}).get("schedule", "constant") == "constant"
     out = {}
     for key, (old, new) in found.items():
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in PASS):
             continue
-        if key == "train.epochs" and isinstance(old, int) and isinstance(new, int) and new > old:
+        if key == "train.epochs" and isinstance(old, int) and isinstance(new, int) and new > old and constant:
             continue
         out[key] = (old, new)
     return out
@@ -92,7 +96,7 @@ def decide(mode: str, run_dir: RunDir, resolved: dict[str, Any], shapes: dict[st
     else:
         path, payload = checkpoint.load_path(Path(mode), fits=compatible)
     found_changes = changes(payload["config"], resolved)
-    needs_consent = refused(found_changes)
+    needs_consent = refused(found_changes, resolved)
     if needs_consent and mode != "changed":
         listed = ", ".join(f"{key} {_show(old)} -> {_show(new)}" for key, (old, new) in needs_consent.items())
         raise UsageError(f"this command changes how the run's weights are made: {listed}", str(run_dir.root),
