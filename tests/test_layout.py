@@ -21,6 +21,8 @@ LAYERS = {
     "ae_dist.monitor": {"ae_dist.errors", "ae_dist.config", "ae_dist.dist", "ae_dist.run"},
     "ae_dist.data": {"ae_dist.errors", "ae_dist.config"},
     "ae_dist.models": {"ae_dist.errors", "ae_dist.config"},
+    "ae_dist.infer": {"ae_dist.errors", "ae_dist.config", "ae_dist.dist", "ae_dist.run", "ae_dist.monitor", "ae_dist.data",
+                      "ae_dist.models"},
 }
 
 
