@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = [args.split] if args.split != "all" else ["train", *(["val"] if config.data.val_fraction > 0 else []), "test"]
     out = args.out or args.run_dir / "encode"
-    results = infer_run.encode(args.run_dir, args.weights, args.overrides, parts, out, stop,
+    jobs = [infer_run.Part(part, out / part, tuple(args.overrides)) for part in parts]
+    results = infer_run.encode(args.run_dir, args.weights, args.overrides, jobs, stop,
                                chunk_rows=args.chunk_rows, batch_size=args.batch_size, overwrite=args.overwrite)
     if results.signal:
         stop.exiting()

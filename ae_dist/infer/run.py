@@ -22,7 +22,7 @@ from ae_dist.dist.liveness import die_with_launcher
 from ae_dist.dist.preemption import TRAINING, StopSignals
 from ae_dist.errors import AeDistError, UsageError, as_error
 from ae_dist.infer import passes
-from ae_dist.infer.load import Weights, input_shape, load_model
+from ae_dist.infer.load import Weights, input_shape, load_model, read_config
 from ae_dist.monitor import plots
 
 LATENT_POINTS = 5000  # codes drawn in latent.png, at most
@@ -45,14 +45,22 @@ def check_fits(split: data.Split, shape: tuple[int, ...], part: str) -> None:
                          f"{'x'.join(map(str, shape))}", "data.name", "point data.* at images of the shape the run trained on")
 
 
-def encode(run: Path, weights: str, overrides: list[str], parts: list[str], out: Path, stop: StopSignals, *,
-           chunk_rows: int, batch_size: int | None, overwrite: bool, folders: dict[str, Path] | None = None,
-           after=None) -> Encoded:
-    """Encode each of ``parts`` into ``out/<part>`` (or ``folders[part]``); ``after(result)`` runs on every rank
-    inside the process group once every split is done."""
+@dataclass(frozen=True)
+class Part:
+    """One split to encode: which part, of the data that ``overrides`` name, into which folder."""
+
+    part: str  # train | val | test
+    folder: Path
+    overrides: tuple[str, ...] = ()
+
+
+def encode(run: Path, weights: str, overrides: list[str], parts: list[Part], stop: StopSignals, *,
+           chunk_rows: int, batch_size: int | None, overwrite: bool) -> Encoded:
+    """Encode each of ``parts`` (every rank calls this); the model is the run's with ``overrides``."""
     env = read_env()
     die_with_launcher(env)
     model, config, chosen = load_model(run, weights, overrides)
+    configs = {part: read_config(run, list(part.overrides)) for part in parts}
     result = Encoded(model=model, config=config, weights=chosen)
     is_main = env.get("RANK", "0") == "0"
     say = print if is_main else (lambda line: None)
@@ -63,34 +71,32 @@ def encode(run: Path, weights: str, overrides: list[str], parts: list[str], out:
                 torch.set_num_threads(config.train.threads or 1)
             model.to(info.device)
             for part in parts:
-                split = data.load_split(config.data, part)
-                check_fits(split, input_shape(config), part)
-                folder = (folders or {}).get(part, Path(out) / part)
-                request = passes.Request(part, folder, chunk_rows, batch_size or config.train.eval_batch_size, overwrite,
-                                         config.run.lease_stale_s)
+                part_config = configs[part]
+                split = data.load_split(part_config.data, part.part)
+                check_fits(split, input_shape(config), part.part)
+                request = passes.Request(part.part, part.folder, chunk_rows, batch_size or config.train.eval_batch_size,
+                                         overwrite, config.run.lease_stale_s)
                 stop.phase = TRAINING  # from here a stop signal ends the job after the chunk in hand, work kept
-                done = passes.encode_split(model, run, config, chosen, request, split, info, stop, say)
+                done = passes.encode_split(model, run, part_config, chosen, request, split, info, stop, say)
                 if done.signal:
-                    say(f"stopped by signal {done.signal} in the {part} split; finished chunks kept, "
+                    say(f"stopped by signal {done.signal} in the {part.part} split; finished chunks kept, "
                         "run the same command to continue")
                     result.signal = done.signal
                     return result
-                result.manifests[part] = done.manifest or {}
+                result.manifests[part.part] = done.manifest or {}
                 if done.computed:
-                    say(f"encoded {len(split)} {part} samples into {folder} in {done.seconds:.1f} s "
+                    say(f"encoded {len(split)} {part.part} samples into {part.folder} in {done.seconds:.1f} s "
                         f"({done.computed / max(done.seconds, 1e-9):.0f} samples/s, {info.world_size} rank(s))")
                 else:
-                    say(f"{part}: complete already in {folder} ({len(split)} samples); nothing rewritten")
+                    say(f"{part.part}: complete already in {part.folder} ({len(split)} samples); nothing rewritten")
                 if info.is_main and done.computed:
-                    draw_latent(folder, config, chosen)
+                    draw_latent(part.folder, part_config, chosen)
                     from ae_dist.infer import table
 
-                    table.log(run, config, folder, split)
-            if after is not None:
-                after(result)
+                    table.log(run, part_config, part.folder, split)
             return result
     except (AeDistError, OSError) as err:
-        known = as_error(err, str(out))
+        known = as_error(err, str(parts[0].folder if parts else run))
         if known is None:
             raise
         if not known.all_ranks_alike and known.rank is None and int(env.get("WORLD_SIZE", "1")) > 1:
