@@ -2,6 +2,7 @@
 
     python -m ae_dist.evaluate runs/digits
     python -m ae_dist.evaluate runs/digits data.root=/scratch/data    # overrides of the run's config
+    python -m ae_dist.evaluate runs/digits --weights best             # final | best | ema | STEP
 
 Reads the run's resolved config.yaml (as safely as `--config`: no aliases, no repeated keys)
 and its final model.pt, or the newest complete checkpoint while the run is still training;
@@ -58,10 +59,17 @@ def load_weights(folder: RunDir) -> tuple[dict[str, Any], str]:
     return saved["model"], f"{path.name}, step {saved['step']}"
 
 
-def load_run_model(run_dir: Path, overrides: list[str] | None = None) -> tuple[torch.nn.Module, Config, str]:
-    """The run's model with its final weights (or newest checkpoint's), its config, and the source."""
+def load_run_model(run_dir: Path, overrides: list[str] | None = None, weights: str | None = None,
+                   ) -> tuple[torch.nn.Module, Config, str]:
+    """The run's model with the ``weights`` chosen (`ae_dist.infer.load`), by default its final weights or, while
+    it trains, the newest checkpoint's; its config, and the source."""
     from ae_dist.models import build_model
 
+    if weights is not None:
+        from ae_dist.infer.load import load_model
+
+        model, config, chosen = load_model(run_dir, weights, overrides)
+        return model, config, chosen.source
     folder = RunDir(Path(run_dir))
     config = read_run_config(folder, overrides)
     state, source = load_weights(folder)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = evaluate_args(argv)
     folder = RunDir(args.run_dir)
     read_run_config(folder, args.overrides)  # a bad folder or override: one line, before torch loads
-    model, config, source = load_run_model(args.run_dir, args.overrides)
+    model, config, source = load_run_model(args.run_dir, args.overrides, args.weights)
     loss, count = draw(model, config, folder, source)
     print(f"test loss {loss:.6f} ({count} images, {source}); pictures in {folder.root / EVAL_FOLDER}")
     return 0

@@ -211,7 +211,7 @@ def test_a_stop_signal_exits_75_and_the_same_command_finishes(tmp_path: Path, mo
 def test_two_encodes_into_one_folder_one_refuses(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     out = tmp_path / "out"
-    job = Job.command([encode_cmd(run, "--out", str(out))], tmp_path, [hook_env(tmp_path, "slow_chunks")])
+    job = Job.command([encode_cmd(run, "--out", str(out))], tmp_path, [hook_env(tmp_path, "slow_chunks", SLOW_CHUNK_S="20")])
     wait_for(lambda: "chunk rows" in job.stderr() or job.procs[0].poll() is not None, 240, "the first encode at work")
     second = subprocess.run(encode_cmd(run, "--out", str(out)), cwd=REPO, env=clean_env(tmp_path), capture_output=True,
                             text=True, timeout=300)
@@ -283,3 +283,18 @@ def test_export_onnx_runs_in_onnxruntime_with_the_same_outputs(tmp_path: Path) -
         diff = exporting.max_diff(model(inputs), exporting.run_onnx(tmp_path / "model.onnx", inputs))
     assert diff <= 1e-5
     print(f"export model: ONNX in onnxruntime, max |diff| {diff:.3g}")
+
+
+def test_encode_logs_a_wandb_table_to_the_runs_own_wandb_run_and_wandb_trouble_fails_nothing(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    (run / "run.json").write_text(json.dumps({"wandb_run_id": "abc123xy"}))
+    args = [PYTHON, "-m", "ae_dist.encode", str(run), "--split", "test", "wandb.mode=offline", "run.progress=off"]
+    done = subprocess.run(args, cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = list((run / "wandb").glob("offline-run-*-abc123xy/*.wandb"))
+    assert logs and b"encode/test" in logs[0].read_bytes(), done.stderr[-2000:]
+    failing = subprocess.run([*args, "--out", str(tmp_path / "again")], cwd=REPO, capture_output=True, text=True,
+                             timeout=300, env=hook_env(tmp_path, "wandb_log_fails"))
+    assert failing.returncode == 0, failing.stderr[-3000:]
+    assert "W&B: the encode table of test failed (CommError: injected" in failing.stderr, failing.stderr[-2000:]
+    assert (tmp_path / "again" / "test" / "manifest.json").is_file()

@@ -151,6 +151,9 @@ Test loss and pictures of a finished or running run, written to RUN/eval/.
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="the run folder (its run.dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides of the run's config.yaml (e.g. data.root), anywhere on the line")
+    parser.add_argument("--weights", metavar="final|best|ema|STEP",
+                        help="final (model.pt) | best (model-best.pt) | ema (model-ema.pt) | STEP (the checkpoint of that "
+                             "step); default: model.pt, else the newest complete checkpoint while the run trains")
     return parser
 
 
