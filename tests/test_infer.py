@@ -211,14 +211,15 @@ def test_a_stop_signal_exits_75_and_the_same_command_finishes(tmp_path: Path, mo
 def test_two_encodes_into_one_folder_one_refuses(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     out = tmp_path / "out"
-    job = Job.command([encode_cmd(run, "--out", str(out))], tmp_path, [hook_env(tmp_path, "slow_chunks", SLOW_CHUNK_S="20")])
+    job = Job.command([encode_cmd(run, "--out", str(out))], tmp_path,
+                      [hook_env(tmp_path, "slow_chunks", SLOW_CHUNK_S="20")])
     wait_for(lambda: "chunk rows" in job.stderr() or job.procs[0].poll() is not None, 240, "the first encode at work")
     second = subprocess.run(encode_cmd(run, "--out", str(out)), cwd=REPO, env=clean_env(tmp_path), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 2
     assert one_clear_line(second.stderr).startswith("error: output folder is in use by ")
-    job.check_running()
-    assert job.wait() == [0]
+    job.check_running()  # the first was at work all along
+    job.kill()
 
 
 def test_digits_anomaly_scores_match_scikit_learn_on_the_written_files(tmp_path: Path, reference_runs) -> None:
@@ -298,3 +299,49 @@ def test_encode_logs_a_wandb_table_to_the_runs_own_wandb_run_and_wandb_trouble_f
     assert failing.returncode == 0, failing.stderr[-3000:]
     assert "W&B: the encode table of test failed (CommError: injected" in failing.stderr, failing.stderr[-2000:]
     assert (tmp_path / "again" / "test" / "manifest.json").is_file()
+
+
+@pytest.mark.fast
+def test_latent_codes_wider_than_3_are_drawn_as_their_2d_pca_projection_and_the_title_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ae_dist.monitor import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    codes = torch.randn(50, 5) * torch.tensor([9.0, 4.0, 0.1, 0.1, 0.1])  # two wide axes, three thin ones
+    plots.draw_latent(codes, torch.arange(50) % 3, tmp_path / "latent.png", "codes")
+    ax = drawn[0].axes[0]
+    assert ax.name == "rectilinear" and ax.get_title() == "codes\n2-D PCA projection of the 5-D codes"
+    shown = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert shown.shape == (50, 2) and shown[:, 0].std() > shown[:, 1].std() > 1
+    plots.draw_latent(codes[:, :3], torch.arange(50) % 3, tmp_path / "latent.png", "codes")
+    assert drawn[1].axes[0].name == "3d" and drawn[1].axes[0].get_title() == "codes"
+
+
+def test_launch_encode_submits_it_as_a_job_with_one_task_per_rank(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    encode(run, tmp_path / "whole", "test")
+    done = subprocess.run([PYTHON, "-m", "launch", "encode", str(run), "--executor", "local", "--tasks-per-node", "2",
+                           "--wait", "--split", "test", "--chunk-rows", "100", "--batch-size", "50",
+                           "--out", str(tmp_path / "out"), *QUIET], cwd=REPO, env=clean_env(tmp_path),
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "submitted encode job" in done.stdout and "done" in done.stdout.splitlines()[-1]
+    assert digests(tmp_path / "out" / "test") == digests(tmp_path / "whole" / "test")
+    logs = "".join(p.read_text() for p in (run / "submitit").glob("*_0_log.out"))
+    assert "2 rank(s)" in logs
+    bad = subprocess.run([PYTHON, "-m", "launch", "encode", str(run), "--executor", "local", "--split", "nope"], cwd=REPO,
+                         env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and one_clear_line(bad.stderr).startswith("error: argument --split: invalid choice")
+
+
+@pytest.mark.fast
+def test_evaluate_takes_the_same_weights_choice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ae_dist import evaluate
+
+    run = make_run(tmp_path / "run")
+    assert evaluate.main([str(run), "--weights", "7"]) == 0
+    assert "checkpoint step 7" in capsys.readouterr().out
+    assert evaluate.main([str(run), "--weights", "ema"]) == 2
+    assert capsys.readouterr().err == (f"error: the run has no ema weights (model-ema.pt missing) ({run}): "
+                                       "choose one it has: final, 7\n")
