@@ -109,6 +109,7 @@ def worker(path: Path, out: Path) -> None:
         split, model = mapped(path), model_of()
         weights_file = out / "model.pt"
         if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), weights_file)
         barrier(info)
         request = passes.Request("train", out / "encode", batch_size=BATCH, overwrite=True)
@@ -140,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=60_000)
     parser.add_argument("--sizes", default="20000,80000", help="two sizes of N for the memory figure")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved attempts; the best of each is shown")
     parser.add_argument("--worker", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -151,10 +153,14 @@ def main() -> None:
         print(load_line())
         path = data_file(folder, args.count)
         bare(path)  # warm the page cache and the allocator
-        rate_bare = bare(path)
-        one = encode_run(path, folder / "x1", 1)
-        two = encode_run(path, folder / "x2", 2)
-        print(f"N={args.count}, batch {BATCH}, 1 thread per process")
+        rates_bare, ones, twos = [], [], []
+        for attempt in range(args.repeat):  # interleaved, best of each: a busy machine slows whichever runs when it is
+            rates_bare.append(bare(path))
+            ones.append(encode_run(path, folder / f"x1-{attempt}", 1))
+            twos.append(encode_run(path, folder / f"x2-{attempt}", 2))
+        rate_bare = max(rates_bare)
+        one, two = max(ones, key=lambda r: r["rate"]), max(twos, key=lambda r: r["rate"])
+        print(f"N={args.count}, batch {BATCH}, 1 thread per process, best of {args.repeat} interleaved attempts")
         print(f"  bare no_grad loop      {rate_bare:10.0f} samples/s")
         print(f"  encode, 1 process      {one['rate']:10.0f} samples/s   {one['rate'] / rate_bare:.2f}x bare")
         print(f"  encode, 2 ranks        {two['rate']:10.0f} samples/s   {two['rate'] / one['rate']:.2f}x 1 process")

@@ -4,7 +4,8 @@ Every rank calls `encode_split`. Rank 0 decides (`ae_dist.run.agree.on_rank0`): 
 output folder that holds another run's, weights' or dataset's results (unless ``overwrite``),
 takes the folder's lease (one writer: a second encode into it stops with exit 2), allocates
 the files and lists the chunks still to do; every rank then takes every W-th of those chunks,
-writes its rows straight into the files, syncs them and records each chunk. Between chunks the
+writes its rows straight into the files and, every SYNC_EVERY_S seconds (and before it stops), syncs them and
+records the chunks they complete. Between chunks the
 ranks agree on stop signals (one tiny all-reduce per chunk, none per batch). Rank 0 writes the
 manifest once every chunk is recorded.
 
@@ -36,6 +37,7 @@ from ae_dist.run.agree import on_rank0
 from ae_dist.run.lease import Lease, read_holder
 
 CHUNK_ROWS = 4096  # default rows per chunk: the unit of work, of resumption and of a stop's delay
+SYNC_EVERY_S = 2.0  # finished chunks are synced and recorded together at most this often: a kill loses at most that
 DIGEST_ROWS = 64  # images hashed (evenly spaced) into the data digest, with every label
 OURS = {MANIFEST, PLAN, ".lease", "codes.npy", "errors.npy", "labels.npy", "index.npy", "latent.png", ".chunks"}
 
@@ -179,20 +181,26 @@ def encode_split(model: torch.nn.Module, run: Path, config: Config, weights: Wei
         record = Record(request.folder)
         outputs.open()
         try:
-            for round_number, i in enumerate(assign(pending, info.rank, info.world_size), 1):
+            rounds, unsynced, synced_at = assign(pending, info.rank, info.world_size), [], time.monotonic()
+            for round_number, i in enumerate(rounds, 1):
                 if i is not None:
                     start, end = chunks.bounds(i)
                     codes, errors = encode_rows(model, split.images[start:end], request.batch_size, info.device)
                     outputs.write_rows(start, {"codes": codes, "errors": errors, "labels": split.labels[start:end].numpy(),
                                                "index": np.arange(start, end, dtype=np.int64)})
-                    outputs.sync()
-                    record.mark(i)
+                    unsynced.append(i)
                     computed += end - start
                 stopped = stop.should_stop(0, info, force_check=True)
+                last = stopped or round_number == len(rounds)
+                if unsynced and (last or time.monotonic() - synced_at >= SYNC_EVERY_S):
+                    outputs.sync()  # rows on disk first, then the records that say so
+                    for done in unsynced:
+                        record.mark(done)
+                    unsynced, synced_at = [], time.monotonic()
                 if stopped:
                     break
                 if info.is_main and config.run.progress != "off":
-                    say(f"  chunk round {round_number}/{-(-len(pending) // info.world_size)} "
+                    say(f"  chunk round {round_number}/{len(rounds)} "
                         f"({computed * info.world_size / max(time.perf_counter() - started, 1e-9):.0f} samples/s)")
         except OSError as err:
             raise DiskFull(f"cannot write {err.filename or request.folder}: {err.strerror}", str(request.folder),
