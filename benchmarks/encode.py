@@ -7,6 +7,7 @@ Every contender reads the same memory-mapped uint8 .npy of synthetic 28x28 image
 the seed's MLP (random weights, fixed seed) at the same batch size and one intra-op thread:
 
 - bare: ``torch.no_grad()`` loop of ``model(x)`` plus the per-sample MSE, results dropped;
+  each contender runs in a fresh process, warmed on the first 10 batches;
 - encode x1 / x2: `ae_dist.infer.passes.encode_split` in 1 and 2 processes (torchrun), writing
   codes, errors, labels and index into preallocated files with chunk records and a manifest.
 
@@ -90,6 +91,17 @@ def bare(path: Path) -> float:
     return len(split) / (time.perf_counter() - started)
 
 
+def bare_worker(path: Path) -> None:
+    """The bare loop in a fresh process of its own, warmed as the encode workers are; prints a JSON line."""
+    torch.set_num_threads(1)
+    split, model = mapped(path), model_of()
+    with torch.no_grad():
+        for start in range(0, 10 * BATCH, BATCH):
+            x = split.images[start:start + BATCH].float().div_(255)
+            ((model(x) - x) ** 2).flatten(1).mean(1)
+    print(json.dumps({"rate": bare(path)}), flush=True)
+
+
 def worker(path: Path, out: Path) -> None:
     """One rank of an encode pass (under torchrun, or alone); rank 0 prints a JSON line."""
     from ae_dist.dist.group import barrier, distributed
@@ -113,6 +125,7 @@ def worker(path: Path, out: Path) -> None:
             torch.save(model.state_dict(), weights_file)
         barrier(info)
         request = passes.Request("train", out / "encode", batch_size=BATCH, overwrite=True)
+        passes.encode_rows(model, split.images[:10 * BATCH], BATCH, info.device)  # warm kernels and allocator, as bare is
         barrier(info)
         started = time.perf_counter()
         passes.encode_split(model, out, config, Weights("final", weights_file, "model.pt"), request, split, info, NoStop(),
@@ -123,11 +136,12 @@ def worker(path: Path, out: Path) -> None:
             print(json.dumps({"rate": len(split) / seconds, "peak_anon_kb": peak.stop(), "count": len(split)}), flush=True)
 
 
-def encode_run(path: Path, out: Path, nproc: int) -> dict:
+def encode_run(path: Path, out: Path | None, nproc: int) -> dict:
     head = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                 f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([*head, "-m", "benchmarks.encode", "--worker", str(path), str(out)],
+    mode = ["--worker", str(path), str(out)] if out is not None else ["--bare", str(path)]
+    done = subprocess.run([*head, "-m", "benchmarks.encode", *mode],
                           cwd=REPO, env=env, capture_output=True, text=True, check=True)
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
@@ -142,8 +156,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=60_000)
     parser.add_argument("--sizes", default="20000,80000", help="two sizes of N for the memory figure")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved attempts; the best of each is shown")
+    parser.add_argument("--bare", metavar="DATA", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare:
+        bare_worker(Path(args.bare))
+        return
     if args.worker:
         worker(Path(args.worker[0]), Path(args.worker[1]))
         return
@@ -152,10 +170,10 @@ def main() -> None:
         folder = Path(tmp)
         print(load_line())
         path = data_file(folder, args.count)
-        bare(path)  # warm the page cache and the allocator
+        bare(path)  # warm the page cache and the allocator (each encode process warms itself alike)
         rates_bare, ones, twos = [], [], []
         for attempt in range(args.repeat):  # interleaved, best of each: a busy machine slows whichever runs when it is
-            rates_bare.append(bare(path))
+            rates_bare.append(encode_run(path, None, 1)["rate"])
             ones.append(encode_run(path, folder / f"x1-{attempt}", 1))
             twos.append(encode_run(path, folder / f"x2-{attempt}", 2))
         rate_bare = max(rates_bare)
