@@ -2,7 +2,7 @@
 
     python -m ae_dist.evaluate runs/digits
     python -m ae_dist.evaluate runs/digits data.root=/scratch/data    # overrides of the run's config
-    python -m ae_dist.evaluate runs/digits --weights best             # model-best.pt (or ema: model-ema.pt)
+    python -m ae_dist.evaluate runs/digits --weights best             # final | best | ema | STEP
 
 Reads the run's resolved config.yaml (as safely as `--config`: no aliases, no repeated keys)
 and its final model.pt, or the newest complete checkpoint while the run is still training;
@@ -41,23 +41,11 @@ def read_run_config(folder: RunDir, overrides: list[str] | None = None) -> Confi
     return resolve_paths(load_saved(folder.config, overrides))  # data.root=~/data: below $HOME
 
 
-def load_weights(folder: RunDir, weights: str = "final") -> tuple[dict[str, Any], str]:
-    """The final weights (model.pt), else the newest complete checkpoint's, and where they came from;
-    ``weights`` ema or best: model-ema.pt or model-best.pt."""
+def load_weights(folder: RunDir) -> tuple[dict[str, Any], str]:
+    """The final weights (model.pt), else the newest complete checkpoint's, and where they came from."""
     import torch
 
     from ae_dist.run import checkpoint
-
-    if weights != "final":
-        path = folder.model_ema if weights == "ema" else folder.model_best
-        if not path.is_file():
-            key = "train.ema_decay" if weights == "ema" else "data.val_fraction"
-            raise UsageError(f"no {path.name} in this run", str(path), f"train with {key} > 0, or use --weights final")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), path.name
-        except Exception as err:  # torch raises many kinds for a damaged file
-            raise UsageError(f"{path.name} cannot be loaded ({err.__class__.__name__})", str(path),
-                             "rerun the training command to rewrite it") from None
 
     if folder.model.is_file():
         try:
@@ -74,15 +62,20 @@ def load_weights(folder: RunDir, weights: str = "final") -> tuple[dict[str, Any]
     return saved["model"], f"{path.name}, step {saved['step']}"
 
 
-def load_run_model(run_dir: Path, overrides: list[str] | None = None,
-                   weights: str = "final") -> tuple[torch.nn.Module, Config, str]:
-    """The run's model with its final weights (or newest checkpoint's; or ``weights`` ema, best), its config,
-    and the source."""
+def load_run_model(run_dir: Path, overrides: list[str] | None = None, weights: str | None = None,
+                   ) -> tuple[torch.nn.Module, Config, str]:
+    """The run's model with the ``weights`` chosen (`ae_dist.infer.load`), by default its final weights or, while
+    it trains, the newest checkpoint's; its config, and the source."""
     from ae_dist.models import build_model
 
+    if weights is not None:
+        from ae_dist.infer.load import load_model
+
+        model, config, chosen = load_model(run_dir, weights, overrides)
+        return model, config, chosen.source
     folder = RunDir(Path(run_dir))
     config = read_run_config(folder, overrides)
-    state, source = load_weights(folder, weights)
+    state, source = load_weights(folder)
     model = build_model(config.model, image_shape(config))
     if not isinstance(state, dict):
         raise UsageError(f"weights are a {type(state).__name__}, not a state_dict", source, "check the run folder")

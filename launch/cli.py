@@ -15,6 +15,7 @@
     python -m launch cancel [JOB_ID]
     python -m launch fetch [JOB_ID] --to DIR  # metrics, pictures, weights, logs; no checkpoints
     python -m launch prepare --nodes 2 data.name=folder data.path=/shared/cells   # data preparation as a job
+    python -m launch encode runs/digits --nodes 2 --wait   # ae_dist.encode (or score) as a job, same arguments
 
 Setup lines (--setup, --remote-setup, and a profile's setup / remote_setup) are shell on
 purpose, run as written; every other value is quoted where it reaches a shell or a batch
@@ -40,7 +41,8 @@ from ae_dist.run import lease
 from launch import checks, jobs, plan, profiles, remote, request, shell
 from launch.request import Request
 
-SUBCOMMANDS = ("submit", "prepare", "status", "logs", "cancel", "fetch")
+SUBCOMMANDS = ("submit", "prepare", "status", "logs", "cancel", "fetch", "encode", "score")
+INFER_COMMANDS = ("encode", "score")
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,6 +166,53 @@ def run_submit(argv: list[str], preparation: bool = False) -> int:
     return 0
 
 
+def infer_parser(command: str) -> Parser:
+    parser = Parser(prog=f"python -m launch {command}", description=f"""\
+Submit python -m ae_dist.{command} RUN ... as a job: one task per rank, as training is submitted.
+
+  python -m launch {command} runs/digits --nodes 2 --tasks-per-node 2 --wait
+  python -m launch {command} runs/digits --executor local --tasks-per-node 2 --split test
+
+Every argument that is not a request flag goes to ae_dist.{command} as it is (see its --help).""")
+    req = parser.add_argument_group("the request")
+    request.add_flags(req, ssh=False)
+    req.add_argument("--wait", action="store_true", help="wait until the job ends; exit with its status")
+    add_remote_flags(parser)  # --cluster profiles; --remote itself is refused below
+    return parser
+
+
+def run_infer(command: str, argv: list[str]) -> int:
+    """encode / score on the cluster: checked here (request and arguments), one InferJob per task."""
+    import importlib
+
+    from ae_dist.infer import cli as infer_cli
+
+    parser = infer_parser(command)
+    args, forwarded = parser.parse_known_args(argv)
+    req = request_of(args)
+    if req.host is not None or req.min_nodes is not None:
+        raise UsageError(f"launch {command} runs on this cluster's scheduler, not --remote or elastic", "--remote",
+                         f"run python -m launch {command} on the login node, without --min-nodes")
+    checks.check(req, scheduler_here=True)
+    target = infer_cli.parse(importlib.import_module(f"ae_dist.{command}").parser(), forwarded)  # bad input: here
+    from launch.job import InferJob
+
+    folder = target.run_dir / "submitit"
+    shell.check_folder(str(folder.resolve()), "RUN")
+    executor = request.make_executor(req, folder.resolve())
+    job = executor.submit(InferJob(command, forwarded))
+    print(f"submitted {command} job {job.job_id} ({req.describe()}); logs in {folder}", flush=True)
+    if not args.wait:
+        return 0
+    try:
+        job.results()
+    except Exception as err:  # noqa: BLE001 (submitit wraps the task's exit in its own errors)
+        print(f"{command} job {job.job_id} ended without completing: {str(err).splitlines()[-1][:200]}", file=sys.stderr)
+        return 1
+    print(f"{command} job {job.job_id} done", flush=True)
+    return 0
+
+
 def run_job_command(command: str, argv: list[str]) -> int:
     args = job_parser(command).parse_args(argv)
     req = request_of(args)
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in ("submit", "prepare"):
             return run_submit(argv, preparation=command == "prepare")
+        if command in INFER_COMMANDS:
+            return run_infer(command, argv)
         return run_job_command(command, argv)
     except KeyboardInterrupt:  # Ctrl-C while following logs or waiting: no traceback
         return EXIT_INTERRUPTED

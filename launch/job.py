@@ -101,3 +101,25 @@ class PrepareJob:
                 raise
             raise SystemExit(say(known)) from None
         return {"status": "prepared", "run_dir": self.config.run.dir, "step": 0}
+
+
+class InferJob:
+    """``python -m ae_dist.encode`` or ``ae_dist.score`` as one task of a job: the same arguments, every rank.
+
+    Its state is its output folder (finished chunks, `ae_dist.infer.chunks`): a requeued or resubmitted job
+    continues where the last one stopped."""
+
+    def __init__(self, command: str, argv: list[str]):
+        self.command, self.argv = command, list(argv)
+
+    def __call__(self) -> int:
+        import importlib
+
+        job = submitit.JobEnvironment()
+        os.environ.update(torchrun_env(job))
+        print(f"ae-dist {self.command} task {job.global_rank}/{job.num_tasks} on {socket.gethostname()} "
+              f"(job {job.job_id}, {job.cluster})", flush=True)
+        code = importlib.import_module(f"ae_dist.{self.command}").main(self.argv)
+        if code:
+            raise SystemExit(code)
+        return code

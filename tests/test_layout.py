@@ -22,6 +22,8 @@ LAYERS = {
     "ae_dist.data": {"ae_dist.errors", "ae_dist.config"},
     "ae_dist.models": {"ae_dist.errors", "ae_dist.config"},
     "ae_dist.recipe": {"ae_dist.errors", "ae_dist.config"},
+    "ae_dist.infer": {"ae_dist.errors", "ae_dist.config", "ae_dist.dist", "ae_dist.run", "ae_dist.monitor", "ae_dist.data",
+                      "ae_dist.models"},
 }
 
 
@@ -172,3 +174,13 @@ def test_every_package_says_what_it_owns_and_may_import() -> None:
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
         assert "Owns" in doc or init.parent.name == "ae_dist", init
         assert "import" in doc or init.parent.name == "ae_dist", init
+
+
+@pytest.mark.fast
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject lists its packages by name: a subpackage missing there is missing from every installed copy."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {module_name(init) for package in PACKAGES for init in (ROOT / package).rglob("__init__.py")}
+    assert found - listed == set()

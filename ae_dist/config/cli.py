@@ -143,19 +143,19 @@ The same command with the same run.dir resumes from the newest checkpoint. Exit 
 
 def evaluate_parser() -> Parser:
     parser = Parser(prog="python -m ae_dist.evaluate", config_help=False,
-                    usage="python -m ae_dist.evaluate [-h] [--weights final|ema|best] RUN [key=value ...]",
+                    usage="python -m ae_dist.evaluate [-h] [--weights final|best|ema|STEP] RUN [key=value ...]",
                     description="""\
 Test loss and pictures of a finished or running run, written to RUN/eval/.
 
   python -m ae_dist.evaluate runs/digits
   python -m ae_dist.evaluate runs/digits --weights best
   python -m ae_dist.evaluate runs/digits data.root=/scratch/data train.eval_batch_size=500""")
-    parser.add_argument("--weights", choices=("final", "ema", "best"), default="final",
-                        help="final: model.pt (else the newest checkpoint); ema: model-ema.pt (train.ema_decay); "
-                             "best: model-best.pt (chosen on the validation split)")
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="the run folder (its run.dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides of the run's config.yaml (e.g. data.root), anywhere on the line")
+    parser.add_argument("--weights", metavar="final|best|ema|STEP",
+                        help="final (model.pt) | best (model-best.pt) | ema (model-ema.pt) | STEP (the checkpoint of that "
+                             "step); default: model.pt, else the newest complete checkpoint while the run trains")
     return parser
 
 

@@ -64,11 +64,13 @@ def draw_samples(images: torch.Tensor, path: Path, title: str = "", columns: int
 
 def draw_latent(codes: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "",
                 class_names: Sequence[str] | None = None) -> None:
-    """Latent codes coloured by class, with a legend naming the classes: 3-D scatter (wider codes projected by PCA)."""
+    """Latent codes coloured by class, with a legend naming the classes: a 3-D (or 2-D, 1-D) scatter; codes wider
+    than 3 as their 2-D PCA projection, which the title says."""
     codes, labels = codes.float().cpu(), labels.cpu()
+    title = title or "test-set latent codes"
     if codes.shape[1] > 3:
-        centred = codes - codes.mean(0)
-        codes = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:3].T
+        title = f"{title}\n2-D PCA projection of the {codes.shape[1]}-D codes"
+        codes = pca_2d(codes)
     fig = plt.figure(figsize=(7.5, 5))
     three_d = codes.shape[1] == 3
     ax = fig.add_subplot(projection="3d") if three_d else fig.add_subplot()
@@ -80,9 +82,15 @@ def draw_latent(codes: torch.Tensor, labels: torch.Tensor, path: Path, title: st
         name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
         ax.scatter(*points[:3], s=4, color=colours(label % 10), label=name)
     ax.legend(title="class", loc="center left", bbox_to_anchor=(1.05, 0.5), markerscale=3, fontsize="small")
-    ax.set_title(title or "test-set latent codes")
+    ax.set_title(title)
     fig.subplots_adjust(right=0.72)
     _save(fig, path)
+
+
+def pca_2d(codes: torch.Tensor) -> torch.Tensor:
+    """The codes' coordinates along their two principal axes."""
+    centred = codes - codes.mean(0)
+    return centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
 
 
 def draw_loss(records: list[dict[str, Any]], path: Path) -> None:
