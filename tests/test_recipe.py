@@ -211,6 +211,7 @@ def test_evaluate_picks_the_ema_or_best_weights_and_says_when_there_are_none(tmp
     folder.config.write_text(dump_yaml(load_config(None, ["data.name=digits"])), encoding="utf-8")
     model = build_model(ModelConfig())
     write_atomic(folder.model_best, model.state_dict())
-    assert evaluate.load_weights(folder, "best")[1] == "model-best.pt"
+    model, _, source = evaluate.load_run_model(tmp_path, weights="best")
+    assert source.startswith("model-best.pt")
     assert evaluate.main([str(tmp_path), "--weights", "ema"]) == 2
-    assert "no model-ema.pt in this run" in capsys.readouterr().err
+    assert "model-ema.pt missing" in capsys.readouterr().err
