@@ -22,7 +22,7 @@ from ae_dist.models import build_model
 from ae_dist.run import checkpoint, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
-from ae_dist.run.lease import Lease
+from ae_dist.run.lease import Lease, check_held
 
 
 @dataclass
@@ -138,6 +138,7 @@ def prepare_run_dir(run_dir: RunDir, config: Config) -> None:
         run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = run_dir.root / ".config.yaml.tmp"
         tmp.write_text(dump_yaml(config), encoding="utf-8")
+        check_held(run_dir.config.name)
         tmp.replace(run_dir.config)
     except OSError as err:
         raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", "choose a writable folder") from None
