@@ -66,6 +66,7 @@ class StepSync:
         self.window_closed = False  # a log step passed since the last issue: that sync carries the step times
         self.pending: tuple[dist.Work | None, torch.Tensor, bool, int] | None = None
         self.agreed_stop = 0
+        self.carried: RankTimes | None = None  # a window's times read by a fold, handed out at the next boundary
         self.folded = (0.0, 0)  # every rank's loss sum and count, as the newest table holds them
         self.collectives = 0  # all-reduces issued (benchmarks and tests count them)
 
@@ -82,14 +83,18 @@ class StepSync:
         self.window_closed |= step % self.log_every == 0
         if not self.info.distributed:
             check_held()  # one process: at every step boundary (a flag and a clock)
-        agreed = Agreed(self.agreed_stop)
+        agreed, self.carried = Agreed(self.agreed_stop, self.carried), None
         if self.pending is not None and not self.read_at_once:
-            agreed = self._read()
+            agreed = self._newer(agreed, self._read())
         if step >= self.next_sync and not agreed.stop:
             self._issue(step)
             if self.read_at_once:
-                agreed = self._read()
+                agreed = self._newer(agreed, self._read())
         return agreed
+
+    @staticmethod
+    def _newer(before: Agreed, now: Agreed) -> Agreed:
+        return Agreed(now.stop, now.rank_times or before.rank_times)
 
     def loggable(self) -> bool:
         """Whether this rank's losses so far are all finite (one host sync: for logging steps). A rank that saw
@@ -100,19 +105,20 @@ class StepSync:
         """Every rank at the same step (a checkpoint, a stop, an epoch's end): sync now and add every rank's
         loss sum to the epoch's in ``state``; the stop signal agreed so far (0: none)."""
         if self.pending is not None:
-            self._read()
-        self._issue(step, times=False)  # a log window's times wait for the next sync
+            self.carried = self._read().rank_times or self.carried
+        self._issue(step)
         agreed = self._read()
+        self.carried = agreed.rank_times or self.carried  # logged at the next step boundary
         state.epoch_loss_sum += self.folded[0]
         state.epoch_loss_count += self.folded[1]
         self.total.zero_()
         self.count = 0
         return agreed.stop
 
-    def _issue(self, step: int, times: bool = True) -> None:
+    def _issue(self, step: int) -> None:
         """This rank's row into the table, all-reduced asynchronously: read at the next boundary (or now)."""
         info, now = self.info, time.monotonic()
-        closed = self.window_closed and times
+        closed = self.window_closed
         sums = self.clock.take() if closed else [0.0] * 5
         row = torch.tensor([self.stop.received, float(lease_lost()), 0.0, 0.0, self.count,
                             (now - self.issued_at) / max(1, self.steps_since_issue), *sums], dtype=torch.float64)
@@ -121,7 +127,7 @@ class StepSync:
         table[info.rank, FIRST_BAD] = self.first_bad.to(self.device)
         table[info.rank, LOSS_SUM] = self.total.to(self.device)
         self.issued_at, self.issued_step, self.steps_since_issue = now, step, 0
-        self.window_closed = self.window_closed and not closed
+        self.window_closed = False
         work = None
         if info.distributed:
             work = dist.all_reduce(table, async_op=True)
