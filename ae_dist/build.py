@@ -27,7 +27,7 @@ from ae_dist.recipe.step import Recipe
 from ae_dist.run import checkpoint, completion, resume
 from ae_dist.run.agree import check_every_rank_sees, load_agreed, on_rank0
 from ae_dist.run.folder import RunDir
-from ae_dist.run.lease import Lease
+from ae_dist.run.lease import Lease, check_held
 
 
 @dataclass
@@ -193,6 +193,7 @@ def prepare_run_dir(run_dir: RunDir, config: Config) -> None:
         run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = run_dir.root / ".config.yaml.tmp"
         tmp.write_text(dump_yaml(config), encoding="utf-8")
+        check_held(run_dir.config.name)
         tmp.replace(run_dir.config)
     except OSError as err:
         raise UsageError(f"cannot write the run folder ({err.strerror})", "run.dir", os_fix(err)) from None

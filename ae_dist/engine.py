@@ -1,9 +1,8 @@
-"""The pieces of training, as functions the loop in `ae_dist.trainer` calls: one step, the loss
-window, one evaluation, the optimizer.
+"""The pieces of training, as functions the loop in `ae_dist.trainer` calls: one step, one
+evaluation, the optimizer.
 
-Nothing here reads the loss back to the host except at logging steps: the epoch's loss
-is summed on the device and all-reduced at checkpoints and at the end of the epoch, so
-an epoch resumed mid-way still reports the mean over all of its steps.
+Nothing here reads the loss back to the host: the loop's one collective (`ae_dist.sync`) sums the
+epoch's loss on the device and checks it for NaN/Inf every few steps.
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from ae_dist.config import OptimConfig, TrainConfig
 from ae_dist.data import Split
 from ae_dist.dist.group import DistInfo, all_reduce_
-from ae_dist.errors import Diverged
 from ae_dist.recipe import objective
 from ae_dist.recipe.step import Recipe, clip_gradients
-from ae_dist.run.checkpoint import TrainState
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Adam:
@@ -162,58 +159,6 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, cfg: TrainConfi
 def _finite(loss: torch.Tensor, model: nn.Module) -> bool:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     return bool(torch.isfinite(loss) and torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
-
-
-class LossWindow:
-    """The losses of the steps since the last check, left on the device: one list append per step.
-
-    ``check`` (at logging steps) adds them to a running total and raises `Diverged` naming the
-    first step, on any rank, whose loss was NaN or Inf; ``fold`` (at checkpoints, a stop and the
-    epoch's end) also adds every rank's total to the epoch's sums in the `TrainState`, which
-    checkpoints carry. Their host syncs happen only there.
-    """
-
-    def __init__(self, device: torch.device):
-        self.losses: list[torch.Tensor] = []
-        self.steps: list[int] = []
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = 0  # losses in ``total``
-
-    def add(self, loss: torch.Tensor, step: int) -> None:
-        self.losses.append(loss.detach())
-        self.steps.append(step)
-
-    def check(self, info: DistInfo) -> None:
-        first_bad = -1
-        if self.losses:
-            losses = torch.stack(self.losses)
-            bad = ~torch.isfinite(losses)
-            if bool(bad.any()):
-                first_bad = self.steps[int(bad.nonzero()[0, 0])]
-            self.total += losses.double().sum()
-            self.count += len(self.losses)
-            self.losses.clear()
-            self.steps.clear()
-        _raise_if_diverged(first_bad, info)
-
-    def fold(self, state: TrainState, info: DistInfo) -> None:
-        self.check(info)
-        count = torch.tensor(float(self.count), dtype=torch.float64, device=info.device)
-        totals = all_reduce_(torch.stack([self.total, count]), info)
-        state.epoch_loss_sum += float(totals[0])
-        state.epoch_loss_count += int(totals[1])
-        self.total.zero_()
-        self.count = 0
-
-
-def _raise_if_diverged(first_bad: int, info: DistInfo) -> None:
-    """Every rank learns the first step with a non-finite loss on any rank (``first_bad`` -1: none here)."""
-    marker = torch.tensor([first_bad if first_bad >= 0 else torch.iinfo(torch.int64).max], dtype=torch.int64)
-    if info.distributed:
-        marker = marker.to(info.device if info.backend == "nccl" else "cpu")
-        all_reduce_(marker, info, torch.distributed.ReduceOp.MIN)
-    if int(marker) != torch.iinfo(torch.int64).max:
-        raise Diverged(int(marker))
 
 
 @torch.no_grad()

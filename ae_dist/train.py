@@ -38,19 +38,22 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 @reporting
 def main(argv: list[str] | None = None) -> int:
     stop = StopSignals.install()  # first thing: a stop during start-up means exit 75, not death by signal
-    config, args = parse_args(argv)
-    if args.print_config:
-        print(dump_yaml(config), end="", flush=True)
-        return 0
-    from ae_dist import trainer
+    try:
+        config, args = parse_args(argv)
+        if args.print_config:
+            print(dump_yaml(config), end="", flush=True)
+            return 0
+        from ae_dist import trainer
 
-    if args.dry_run:
-        return trainer.dry_run(config)
-    result = trainer.run(config, stop)
-    if result.status != "preempted":
-        return 0
-    stop.exiting()  # every rank has stopped at the same step, its work saved
-    return exit_status(result.signal)
+        if args.dry_run:
+            return trainer.dry_run(config)
+        result = trainer.run(config, stop)
+        return 0 if result.status != "preempted" else exit_status(result.signal)
+    finally:
+        # Every path out (done, stopped, an error): the exit status is decided, and a stop signal from here
+        # to the process's end (W&B's teardown at interpreter exit, where Python puts the default handlers
+        # back) must not turn it into death by signal.
+        stop.exiting()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 from ae_dist import baseline, data, engine, validation
 from ae_dist.build import Training, build, check_split_sizes, load_data, recipe_of, wrap
 from ae_dist.config import Config, check_world_size, resolve_paths, to_dict
-from ae_dist.dist.group import barrier, cpu_threads, distributed, read_env
+from ae_dist.dist.group import barrier, cpu_threads, distributed, nccl_flight_recorder, read_env, set_deterministic
 from ae_dist.dist.job import Job
 from ae_dist.dist.liveness import die_with_launcher
 from ae_dist.dist.preemption import FINISHING, TRAINING, StopSignals, stopped_line
@@ -33,6 +33,7 @@ from ae_dist.run.checkpoint import write_atomic
 from ae_dist.run.folder import RunDir, record_launch
 from ae_dist.run.identity import wandb_run_id
 from ae_dist.run.metrics import read_metrics
+from ae_dist.sync import StepSync
 
 PICTURE_COUNT = 10
 
@@ -62,12 +63,17 @@ def run(config: Config, stop: StopSignals | None = None) -> RunResult:
     training = None
     try:
         with distributed(config.train.device, config.dist.timeout_s) as info:
+            set_deterministic(info.device, config.train.deterministic)  # before the first cuBLAS call
             config = agree_run_dir(config, info)  # a run.dir template ({wandb_run_id}, {date}, {time}) made concrete
             if info.heartbeat is not None:  # a rank that goes silent from here on leaves every live rank's stacks there
                 info.heartbeat.incidents_dir = RunDir(Path(config.run.dir)).incidents
             if info.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(info.local_world_size, config.train.threads))
             training = build(config, info)
+            if info.backend == "nccl" and not completion.reached(config.train, training.state.epoch, training.state.step,
+                                                                  training.selection.stopped_early):
+                # NCCL's flight-recorder dumps beside the stacks (ae_dist.dist.group)
+                nccl_flight_recorder(training.run_dir.incidents)
             return fit(training, stop)
     except (AeDistError, OSError) as err:
         known = as_error(err, config.run.dir)
@@ -97,7 +103,8 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
     t.say(f"global batch {cfg.train.batch_size} = {info.world_size} rank(s) x {batches.local_batch}; "
           f"{len(batches)} steps per epoch, {cfg.train.epochs} epochs")
     optimizer_step, recipe = engine.FusedAdamStep(t.optimizer), recipe_of(cfg, batches, t.ema)
-    rank_clock = ranks.RankClock(model, info)  # per-rank step times, gathered at logging steps
+    rank_clock = ranks.RankClock(model, info)  # per-rank step times, in the sync after each logging step
+    sync = StepSync(info, stop, rank_clock, cfg.train.log_every)  # the loop's one collective, every few steps
     if info.is_main:  # this start in run.json: the command as launched, every rank's host, the code's version
         record_launch(t.run_dir, rank_clock.hosts, Job.from_env().id)
     # PCA at the latent size, the run's yardstick: rank 0 alone (the others wait for it at the first step's all-reduce,
@@ -111,30 +118,30 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
         stop.phase, at_max, early = TRAINING, False, False  # from here a stop signal: checkpoint at the next step boundary
         while not completion.reached(cfg.train, state.epoch, state.step, t.selection.stopped_early):
             model.train()
-            window, trained, started = engine.LossWindow(info.device), 0, time.perf_counter()
+            trained, started = 0, time.perf_counter()
             for images in batches.epoch(state.epoch, start=state.batch):
                 loss, applied = engine.train_step(model, images, t.optimizer, optimizer_step, cfg.train, recipe,
                                                   state.step + 1)
                 state.batch += 1
                 state.step += 1
                 if applied:
-                    window.add(loss, state.step)
+                    sync.add(loss, state.step)
                     trained += 1
                 else:
                     state.skipped_steps += 1
-                logging = state.step % cfg.train.log_every == 0
-                if logging:
-                    window.check(info)
-                    monitor.log_ranks(rank_clock.gather(state.step))
-                    monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1,
-                                 "loss": float(loss.detach()), "lr": t.optimizer.param_groups[0]["lr"],
-                                 "world_size": info.world_size, **logged_terms(recipe)})
-                progress.update(state.step, state.epoch + 1, float(loss.detach()) if logging else None)
-                stopped_by = stop.should_stop(state.step, info)
+                agreed = sync.step_done(state.step)  # a stop, a lost lease, a NaN loss: every rank at the same step
+                monitor.log_ranks(agreed.rank_times)
+                shown = float(loss.detach()) if state.step % cfg.train.log_every == 0 else None  # the one host sync
+                if shown is not None and sync.loggable():  # nothing logged past a NaN loss (nan_policy=stop)
+                    monitor.log({"kind": "train", "step": state.step, "epoch": state.epoch + 1, "loss": shown,
+                                 "lr": t.optimizer.param_groups[0]["lr"], "world_size": info.world_size,
+                                 **logged_terms(recipe)})
+                progress.update(state.step, state.epoch + 1, shown)
+                stopped_by = agreed.stop
                 at_max = bool(cfg.train.max_steps) and state.step >= cfg.train.max_steps
                 early = validation.due(t, state.step, epoch_end=False) and validation.validate(t, monitor)
                 if t.checkpointer.due(state.step) or stopped_by or at_max or early:
-                    window.fold(state, info)
+                    sync.fold(state, state.step)
                     t.checkpointer.save(t.model, t.optimizer, state)
                 rank_clock.step_done(state.batch)
                 if stopped_by:
@@ -148,22 +155,26 @@ def fit(t: Training, stop: StopSignals) -> RunResult:
                     break
             if at_max or stopped_by or early:
                 break
-            window.fold(state, info)
+            rank_clock.pause()
+            sync.fold(state, state.step)
             elapsed = time.perf_counter() - started
             end_epoch(t, monitor, trained * batches.local_batch * info.world_size / max(elapsed, 1e-9), base)
         stop.phase = FINISHING  # from here a stop signal changes nothing: the wrap-up finishes
+        rank_clock.pause()
         progress.close()
         if info.is_main and not stopped_by:
             finish(t)
+        # Every rank waits for rank 0's final weights and pictures, then is done: W&B's finish and
+        # artifact uploads (longer than dist.timeout_s, at times) follow on rank 0 alone.
+        barrier(info)
+        if info.is_main and not stopped_by:
             monitor.log_model(t.run_dir.model, state.step, state.epoch)  # before W&B closes
             completion.write(t.run_dir, cfg.train, state.epoch, state.step, t.selection.stopped_early)  # the wrap-up has finished
     finally:
         stop.phase = FINISHING
+        rank_clock.pause()
         progress.close()
         monitor.close()
-    # Every rank waits for rank 0's wrap-up (final weights, W&B, metrics): a rank that exits
-    # first would have torchrun or srun end rank 0 half-way through it.
-    barrier(info)
     if stopped_by:
         return RunResult("preempted", t.run_dir.root, state.step, stopped_by)
     return RunResult("completed", t.run_dir.root, state.step)

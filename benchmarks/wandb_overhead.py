@@ -72,7 +72,7 @@ def time_monitoring() -> None:
     (the wrappers' own cost counts too: the figure errs high)."""
     from ae_dist.monitor import monitor, ranks, wandb_run
 
-    for cls, names in ((ranks.RankClock, ("_forward", "_grad_ready", "step_done", "gather")),
+    for cls, names in ((ranks.RankClock, ("_forward", "_grad_ready", "step_done", "take", "times")),
                        (monitor.Monitor, ("log_ranks", "log_checkpoint")),
                        (wandb_run.WandbRun, ("log", "summarize", "alert", "log_file"))):
         for name in names:

@@ -153,7 +153,7 @@ def run_node(plan: NodePlan, trainer_args: list[str], run_dir: Path, env: dict[s
     try:
         while proc.poll() is None and not hung:
             time.sleep(WATCH_S)
-            hung = incidents.failed_hosts(folder, job, restart, kinds=(incidents.HUNG,))
+            hung = incidents.failed_hosts(folder, job, restart, kinds=(incidents.HUNG, incidents.STALLED))
         if hung:
             end_torchrun(proc, plan.host in hung)
     finally:

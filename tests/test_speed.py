@@ -92,16 +92,24 @@ def test_fused_adam_fast_path_leaves_a_parameter_without_gradient_to_step() -> N
 
 
 @pytest.mark.fast
-def test_loss_window_sums_and_names_the_first_non_finite_step() -> None:
-    window = engine.LossWindow(torch.device("cpu"))
+def test_the_step_sync_sums_the_loss_and_names_the_first_non_finite_step() -> None:
+    from ae_dist.dist.preemption import StopSignals
+    from ae_dist.monitor.ranks import RankClock
+    from ae_dist.run.checkpoint import TrainState
+    from ae_dist.sync import StepSync
+
+    sync = StepSync(CPU_ONLY, StopSignals(), RankClock(torch.nn.Linear(1, 1), CPU_ONLY), log_every=2)
+    state = TrainState()
     for step, value in enumerate([0.5, 0.25, 0.125], start=1):
-        window.add(torch.tensor(value, requires_grad=True) * 1, step)
-    window.check(CPU_ONLY)
-    assert window.total.item() == 0.875 and window.losses == []
-    for step, value in [(4, 1.0), (5, float("nan")), (6, float("inf"))]:
-        window.add(torch.tensor(value), step)
+        sync.add(torch.tensor(value, requires_grad=True) * 1, step)
+        sync.step_done(step)
+    sync.fold(state, 3)
+    assert (state.epoch_loss_sum, state.epoch_loss_count) == (0.875, 3) and sync.loggable()
     with pytest.raises(Diverged) as raised:
-        window.check(CPU_ONLY)
+        for step, value in [(4, 1.0), (5, float("nan")), (6, float("inf"))]:
+            sync.add(torch.tensor(value), step)
+            sync.step_done(step)
+        sync.fold(state, 6)
     assert raised.value.step == 5
 
 

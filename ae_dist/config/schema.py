@@ -110,7 +110,10 @@ class TrainConfig:
     compile: Literal["off", "default", "reduce-overhead"] = _field(
         "off", "torch.compile mode (reduce-overhead: with CUDA graphs); first steps slower; on CPU resumes bitwise, "
                "results differ from off in the last bits")
-    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto = cuda:LOCAL_RANK when CUDA is available, else cpu")
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto = CUDA when available (device LOCAL_RANK modulo the "
+                                                    "devices the task sees), else cpu")
+    deterministic: bool = _field(False, "CUDA: deterministic algorithms and CUBLAS_WORKSPACE_CONFIG=:4096:8, so a "
+                                        "resume is bitwise (slower); the CPU is deterministic either way")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ae_dist.dist.job import expand_hosts, master_port
 from ae_dist.errors import RendezvousFailed, UsageError
-from ae_dist.dist.liveness import Heartbeat, peer_lost, within
+from ae_dist.dist.liveness import Heartbeat, group_timeout, peer_lost, within
 
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -74,11 +74,25 @@ def read_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def pick_device(local_rank: int, requested: str = "auto") -> torch.device:
+    """The task's own view: its local rank among the devices it sees (one under ``--gpus-per-task=1`` or
+    ``--gpu-bind``, where ``cuda:LOCAL_RANK`` would be an invalid ordinal), never the global rank."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UsageError("CUDA requested but not available", "train.device", "use train.device=cpu or auto")
-    return torch.device("cuda", local_rank)
+    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for reproducible results (CUDA's own documentation)
+
+
+def set_deterministic(device: torch.device, enabled: bool) -> None:
+    """``train.deterministic`` on CUDA: deterministic algorithms and cuBLAS's fixed workspace, so a resume is
+    bitwise; before the first cuBLAS call. On the CPU the kernels used here are deterministic already."""
+    if not enabled or device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
 
 
 def cpu_threads(local_world_size: int, requested: int = 0, env: dict[str, str] | None = None) -> int:
@@ -129,11 +143,29 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0, incidents_d
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     store, prefix = _open_store(env, rank, world_size, timeout_s)
+    if backend == "nccl":
+        nccl_flight_recorder()
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s), device_id=dev if dev.type == "cuda" else None)
+                            timeout=datetime.timedelta(seconds=group_timeout(timeout_s)),
+                            device_id=dev if dev.type == "cuda" else None)
     heartbeat = Heartbeat(env["MASTER_ADDR"], int(env["MASTER_PORT"]), _store_host(env), prefix, rank, world_size,
                           timeout_s, incidents_dir)
     return DistInfo(rank, local_rank, world_size, local_world_size, dev, backend, heartbeat)
+
+
+NCCL_TRACE_BUFFER = 20000  # collectives NCCL's flight recorder keeps per rank (torchtitan's default)
+
+
+def nccl_flight_recorder(incidents_dir: Path | None = None) -> None:
+    """NCCL's own record of the last collectives, dumped when one times out (as torchtitan sets it up): before
+    the process group exists; with ``incidents_dir`` (once the run folder is known and held), the dumps go
+    there as ``nccl-trace-rank_<rank>`` beside the stacks. A value already in the environment is kept."""
+    os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", str(NCCL_TRACE_BUFFER))
+    os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+    if incidents_dir is not None and "TORCH_NCCL_DEBUG_INFO_TEMP_FILE" not in os.environ:
+        with contextlib.suppress(OSError):
+            incidents_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(incidents_dir / "nccl-trace-rank_")
 
 
 def teardown(info: DistInfo) -> None:

@@ -10,7 +10,8 @@ rendezvous store (`ae_dist.dist.liveness`); every other live rank sees the claim
 heartbeat and writes its own stacks under the same stamp, wherever its main thread is stuck.
 A silent rank is ``hung`` when its host's launcher still beats in the store (the process is
 stopped or stuck: the host is suspect), ``lost`` when nothing of its host answers (killed, or
-its network gone), ``silent`` when no launcher beats there to tell.
+its network gone), ``silent`` when no launcher beats there to tell, ``stalled`` when its heartbeat
+still beats but its main thread made no step while the others wait in one (a sleep, a stuck kernel).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = "incidents"
-HUNG, LOST, CRASHED, SILENT = "hung", "lost", "crashed", "silent"
+HUNG, LOST, CRASHED, SILENT, STALLED = "hung", "lost", "crashed", "silent", "stalled"
 
 
 @dataclass(frozen=True)
 class Silent:
     rank: int
     host: str
-    kind: str  # HUNG | LOST | SILENT
+    kind: str  # HUNG | LOST | CRASHED | SILENT | STALLED
 
     def describe(self) -> str:
         return f"rank {self.rank} on {self.host} ({self.kind})"
@@ -83,7 +84,7 @@ def records(folder: Path, kind: str) -> list[dict[str, Any]]:
     return found
 
 
-def failed_hosts(folder: Path, job: str, restart: str | None = None, kinds: tuple[str, ...] = (HUNG, LOST)) -> list[str]:
+def failed_hosts(folder: Path, job: str, restart: str | None = None, kinds: tuple[str, ...] = (HUNG, LOST, STALLED)) -> list[str]:
     """Hosts that the job's incidents named (one restart of it, or all), in the order first named."""
     hosts: list[str] = []
     for record in records(folder, "silent"):

@@ -15,7 +15,9 @@ import subprocess
 import zlib
 from dataclasses import dataclass
 
-PORT_BASE, PORT_SPAN = 20000, 20000
+# Rendezvous ports 15000-31999: below Linux's ephemeral range (32768-60999, net.ipv4.ip_local_port_range), where
+# the kernel picks the local ports of outgoing connections, so a busy node never holds ours by chance.
+PORT_BASE, PORT_SPAN = 15000, 17000
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ class Job:
 def master_port(job_id: str) -> int:
     """The rendezvous port of a job, derived alike by every task of it, whichever launcher started it.
 
-    From the numeric job id, or a CRC-32 of any other id (an array task ``123_4``, a local pid).
+    From the numeric job id, or a CRC-32 of any other id (an array task ``123_4``, a local pid): 15000 + that
+    number modulo 17000, so 15000-31999, below the ephemeral range (32768-60999) that outgoing connections
+    take their local ports from (as Lightning's 15000 + job id). A port still held by another program on
+    the first node is one line at start (`ae_dist.dist.group`: ``MASTER_PORT N is already in use``).
     """
     number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
     return PORT_BASE + number % PORT_SPAN

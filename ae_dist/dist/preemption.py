@@ -8,9 +8,9 @@ so a stop at any moment has one meaning:
 - during start-up (imports, data, W&B, rendezvous): nothing to save; the process stops at
   once, with one line, exit 75 (130 for Ctrl-C), and the same command starts the run again
   (a lease it had taken is taken over by that command);
-- during training: the loop asks `should_stop` at step boundaries, where every rank agrees
-  (a signal that reached rank 0 alone stops them all at the same step), writes a checkpoint
-  and returns; exit 75 (130 for Ctrl-C);
+- during training: the ranks agree at step boundaries, in the loop's one collective every few
+  steps (`ae_dist.sync`: within 10 steps or 5 s; a signal that reached rank 0 alone stops them
+  all at the same step), write a checkpoint and return; exit 75 (130 for Ctrl-C);
 - after the last epoch: ignored; the wrap-up (model.pt, pictures, W&B) finishes, exit 0.
 
 A second Ctrl-C ends the process at once (exit 130), without a checkpoint.
@@ -22,15 +22,11 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from ae_dist.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
-if TYPE_CHECKING:
-    from ae_dist.dist.group import DistInfo
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
-CHECK_EVERY_STEPS = 10  # ranks agree every N steps: one tiny all-reduce per N steps
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
 
 
@@ -111,21 +107,6 @@ class StopSignals:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             os.close(self._wakeup[1])  # the watching thread reads end-of-file and returns
             self._wakeup = None
-
-    def should_stop(self, step: int, info: DistInfo, force_check: bool = False) -> int:
-        """The signal number some rank received (0: none); collective every CHECK_EVERY_STEPS."""
-        if not info.distributed:
-            return self.received
-        if not force_check and step % CHECK_EVERY_STEPS:
-            return 0
-        import torch
-
-        from ae_dist.dist.group import all_reduce_
-
-        device = info.device if info.backend == "nccl" else torch.device("cpu")
-        flag = torch.tensor([self.received], dtype=torch.int64, device=device)
-        self.received = int(all_reduce_(flag, info, torch.distributed.ReduceOp.MAX).item())
-        return self.received
 
 
 def exit_status(signum: int) -> int:

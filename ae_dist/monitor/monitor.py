@@ -34,7 +34,7 @@ class Monitor:
         self.metrics = MetricsFile(run_dir.metrics)
         self.epochs = epochs
         self.stragglers = Stragglers()
-        self.rank_times: dict[str, Any] = {}  # the window's ranks/* keys, logged with the train record of its step
+        self.rank_times: dict[str, Any] = {}  # the newest window's ranks/* keys, logged with the next train record
         earlier = read_metrics(self.metrics.path)
         test_losses = [r["test_loss"] for r in earlier if r["kind"] == "epoch" and math.isfinite(r["test_loss"])]
         self.best_test_loss = min(test_losses, default=math.inf)
@@ -52,9 +52,10 @@ class Monitor:
         self.metrics.write(record)  # first: W&B then never holds a record that metrics.jsonl lacks
         if self.wandb is None:
             return
-        extra = self.rank_times if self.rank_times.get("step") == record["step"] else {}
+        extra = self.rank_times if record["kind"] == "train" else {}
         self.wandb.log(record, images or {}, {k: v for k, v in extra.items() if k != "step"})
-        self.rank_times = {}
+        if extra:
+            self.rank_times = {}
         if record["kind"] == "epoch" and math.isfinite(record["test_loss"]):
             self.best_test_loss = min(self.best_test_loss, record["test_loss"])
             self.final_test_loss = record["test_loss"]
@@ -63,8 +64,8 @@ class Monitor:
             self.wandb.summarize({"best_test_loss": self.best_test_loss, "final_test_loss": self.final_test_loss, **versus})
 
     def log_ranks(self, times: RankTimes | None) -> None:
-        """The per-rank step times of one window (W&B gets them with the train record of the same step, one
-        call); a `straggler:` line and a W&B alert for a rank that stays slow."""
+        """The per-rank step times of one window (W&B gets them with the next train record, one call); a
+        `straggler:` line and a W&B alert for a rank that stays slow."""
         if times is None:
             return
         self.rank_times = {"step": times.step, **times.record()}

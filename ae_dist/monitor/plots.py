@@ -13,13 +13,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ae_dist.run.lease import check_held  # noqa: E402
+
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
+        check_held(path.name)  # a holder taken over writes nothing more (ae_dist.run.lease)
         fig.savefig(tmp, dpi=100)
+        check_held(path.name)
         os.replace(tmp, path)
-    except OSError:  # a full disk: leave no partial picture behind
+    except BaseException:  # a full disk, a lost lease: leave no partial picture behind
         tmp.unlink(missing_ok=True)
         raise
     finally:

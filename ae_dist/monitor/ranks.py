@@ -1,4 +1,4 @@
-"""Per-rank step times and stragglers: one all_gather of five floats every ``train.log_every`` steps.
+"""Per-rank step times and stragglers: five floats per rank in the loop's one packed collective (`ae_dist.sync`).
 
 Each rank times its own training steps with the host clock and splits each step in three:
 
@@ -20,13 +20,15 @@ one ``straggler:`` line and a W&B alert. The first step of each epoch (after the
 is not timed.
 
 Cost: three ``perf_counter`` calls per step (a forward pre-hook, one gradient hook, the end of
-the step) and the gather at logging steps, which already read the loss back
-(``python -m benchmarks.wandb_overhead`` times each piece). One process: nothing is timed or
-gathered. On CUDA the split is host time (kernel launches, not kernel time).
+the step); the sums ride in the first sync after each logging step (`ae_dist.sync`), and rank 0's
+analysis sorts the step times once per window: O(W log W) (``python -m benchmarks.world_size``
+times it against W; ``python -m benchmarks.wandb_overhead`` times each piece of the loop). One
+process: nothing is timed. On CUDA the split is host time (kernel launches, not kernel time).
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import statistics
 import time
@@ -42,7 +44,7 @@ STRAGGLER_RATIO = 1.5  # step time above this many times the median of the other
 STRAGGLER_LOGS = 3  # ... in this many logs in a row: a straggler
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RankTimes:
     """One log window, every rank: seconds per step, in rank order."""
 
@@ -54,20 +56,37 @@ class RankTimes:
     sync: list[float]
     hosts: list[str]
 
-    @property
+    @functools.cached_property
     def waits(self) -> list[float]:
         fastest = min(self.sync)
         return [s - fastest for s in self.sync]
 
-    @property
+    @functools.cached_property
     def step_times(self) -> list[float]:
         return [wall - wait for wall, wait in zip(self.wall, self.waits)]
 
+    @functools.cached_property
+    def others_median(self) -> list[float]:
+        """For each rank, the median of the other ranks' step times: one sort, O(W log W) for all of them."""
+        times = self.step_times
+        order = sorted(range(len(times)), key=times.__getitem__)
+        position = [0] * len(times)
+        for at, rank in enumerate(order):
+            position[rank] = at
+        n = len(times) - 1  # the others
+
+        def kth(k: int, without: int) -> float:  # the k-th smallest of the others
+            return times[order[k + 1 if k >= without else k]]
+
+        if n == 0:
+            return [0.0] * len(times)
+        return [kth(n // 2, position[r]) if n % 2 else (kth(n // 2 - 1, position[r]) + kth(n // 2, position[r])) / 2
+                for r in range(len(times))]
+
     def ratio(self, rank: int) -> float:
         """This rank's step time over the median of the other ranks' step times."""
-        times = self.step_times
-        others = statistics.median(times[:rank] + times[rank + 1:])
-        return times[rank] / others if others > 0 else float("inf")
+        others = self.others_median[rank]
+        return self.step_times[rank] / others if others > 0 else float("inf")
 
     def record(self) -> dict[str, float | int | str]:
         """The W&B history keys of this window."""
@@ -101,6 +120,8 @@ class RankClock:
 
     def _forward(self, module: nn.Module, args: object) -> None:
         self.forward_at = time.perf_counter()
+        if self.info.heartbeat is not None:
+            self.info.heartbeat.step_started()
 
     def _grad_ready(self, param: torch.Tensor) -> None:
         self.ready_at = time.perf_counter()
@@ -109,6 +130,8 @@ class RankClock:
         """After each step, on every rank. The epoch's first step (``batch_in_epoch`` 1) is not timed."""
         if not self.enabled:
             return
+        if self.info.heartbeat is not None:  # the watchdog's view of this rank's progress (ae_dist.dist.liveness)
+            self.info.heartbeat.step_done()
         now = time.perf_counter()
         if batch_in_epoch > 1 and 0 < self.step_end < self.forward_at <= self.ready_at <= now:
             sums = self.sums
@@ -119,17 +142,20 @@ class RankClock:
             sums[4] += now - self.ready_at
         self.step_end = now
 
-    def gather(self, step: int) -> RankTimes | None:
-        """Every rank, at a logging step: the window's times of all ranks (None when nothing was timed)."""
-        if not self.enabled:
-            return None
-        device = self.info.device if self.info.backend == "nccl" else torch.device("cpu")
-        mine = torch.tensor(self.sums, dtype=torch.float64, device=device)
-        every = [torch.empty_like(mine) for _ in range(self.info.world_size)]
-        dist.all_gather(every, mine)
-        self.sums = [0, 0.0, 0.0, 0.0, 0.0]
-        rows = [row.tolist() for row in every]
-        if any(row[0] == 0 for row in rows):
+    def pause(self) -> None:
+        """Out of the steps (an epoch's end, the wrap-up: long local work on rank 0, pictures, W&B): the
+        watchdog stops watching this rank's steps until the next one is done."""
+        if self.info.heartbeat is not None:
+            self.info.heartbeat.disarm()
+
+    def take(self) -> list[float]:
+        """This rank's sums since the last take (steps, wall, data, compute, sync), for `ae_dist.sync`'s table."""
+        sums, self.sums = self.sums, [0, 0.0, 0.0, 0.0, 0.0]
+        return [float(value) for value in sums]
+
+    def times(self, step: int, rows: list[list[float]]) -> RankTimes | None:
+        """Every rank's sums of one log window (rows in rank order) as times per step; None when a rank timed none."""
+        if not self.enabled or any(row[0] == 0 for row in rows):
             return None
         per_step = [[value / row[0] for value in row[1:]] for row in rows]
         wall, data, compute, sync = (list(column) for column in zip(*per_step))
@@ -160,7 +186,7 @@ class Stragglers:
 
 
 def straggler_line(times: RankTimes, rank: int, logs: int, since: int) -> str:
-    others = statistics.median(times.step_times[:rank] + times.step_times[rank + 1:])
+    others = times.others_median[rank]
     return (f"straggler: rank {rank} on {times.hosts[rank]} takes {times.step_times[rank] * 1e3:.1f} ms per step, "
             f"{times.ratio(rank):.1f}x the {others * 1e3:.1f} ms median of the other ranks, for {logs} logs in a row "
             f"(since step {since}; its data {times.data[rank] * 1e3:.1f} ms, compute {times.compute[rank] * 1e3:.1f} ms)")

@@ -195,7 +195,7 @@ class WandbRun:
         if self.run is None:
             self.logged_through = (-1, -1)
             return
-        holds = offline_logged_through(run_dir.wandb, run_id) if mode == "offline" else None
+        holds = self._offline_holds() if mode == "offline" else None
         # What this W&B run already holds: a resumed online run continues at the server's step.
         self.logged_through = holds if holds is not None else (self.run.step - 1, max(KIND_ORDER.values()))
         self._call("define_metric", self.run.define_metric, "epoch/*", step_metric="epoch/epoch")
@@ -207,6 +207,16 @@ class WandbRun:
             where = {"wandb_url": self.run.url or ""}
             warn(f"W&B: {where['wandb_url']}")
         run_dir.write_info(**where)
+
+    def _offline_holds(self) -> tuple[int, int]:
+        """What the run's offline files hold, read from wandb's private record format (guarded like every
+        W&B call: an import or decode error means nothing is logged again, in one line)."""
+        try:
+            return offline_logged_through(self.run_dir.wandb, self.run_id)
+        except Exception as err:  # noqa: BLE001 (wandb.proto missing or changed, a file that does not decode)
+            warn(f"W&B: cannot read what the offline run {self.run_id} holds ({one_line(err)}); records a stopped "
+                 "run had not saved are not logged again (metrics.jsonl has them all)")
+            return (sys.maxsize, sys.maxsize)
 
     def _init(self, mode: str) -> Any:
         wandb, cfg = self.wandb, self.cfg

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ae_dist.errors import CheckpointFailed, UsageError, os_fix
+from ae_dist.run.lease import check_held
 
 NAME = re.compile(r"^step_(\d{8,})\.pt$")
 REQUIRED = {"model", "optimizer", "epoch", "batch", "step", "config", "rng"}
@@ -59,7 +60,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device only: a resume may see fewer devices
     return state
 
 
@@ -69,8 +70,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, list | tuple):  # older checkpoints: every device the writer saw, in its order
+            if not cuda:
+                return
+            device = torch.cuda.current_device()
+            cuda = cuda[device] if device < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda)  # into this rank's device, however many this node has
 
 
 class Checkpointer:
@@ -131,6 +138,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 def write_atomic(path: Path, obj: Any) -> None:
     """torch.save ``obj`` to a temporary name beside ``path``, fsync, rename; on OSError the temporary is removed."""
+    check_held(path.name)  # a holder taken over writes nothing more (ae_dist.run.lease)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -143,9 +151,10 @@ def write_atomic(path: Path, obj: Any) -> None:
                 raise sink.error from None
             fh.flush()
             os.fsync(fh.fileno())
+        check_held(path.name)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 

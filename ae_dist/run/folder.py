@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ae_dist.run.lease import check_held
+
 RUN_INFO = "run.json"
 
 
@@ -91,6 +93,7 @@ def read_run_info(root: Path) -> dict[str, Any]:
 def write_run_info(root: Path, **values: Any) -> None:
     """Merge ``values`` into ``run.json``, atomically."""
     root = Path(root)
+    check_held(RUN_INFO)  # a holder taken over writes nothing more (ae_dist.run.lease)
     info = read_run_info(root) | values
     tmp = root / f".{RUN_INFO}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")

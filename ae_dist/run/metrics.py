@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ae_dist.run.lease import check_held
+
 KIND_ORDER = {"train": 0, "val": 1, "epoch": 2}  # records of one step, in the order they are written
 
 
@@ -36,6 +38,7 @@ class MetricsFile:
         return record_key(record) > self.last
 
     def write(self, record: dict[str, Any]) -> None:
+        check_held(self.path.name)  # a holder taken over writes nothing more (ae_dist.run.lease)
         self.fh.write(json.dumps(record) + "\n")
         self.fh.flush()
         self.last = record_key(record)
