@@ -168,7 +168,12 @@ def train_args(argv: list[str] | None = None, parser: Parser | None = None) -> t
 def evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run folder and the overrides, whichever order they came in."""
     parser = evaluate_parser()
-    args = parser.parse(argv)
+    return run_and_overrides(parser, parser.parse(argv))
+
+
+def run_and_overrides(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with its one run folder (``run_dir``) told apart from the overrides, whichever order they came in:
+    the command line of every command that reads a run (evaluate, encode, score, export)."""
     tokens = [token for token in (args.run_dir, *args.overrides) if token is not None]
     runs = [token for token in tokens if not is_override(token)]
     if len(runs) != 1:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ae_dist.config.cli import Parser, is_override
-from ae_dist.errors import UsageError
+from ae_dist.config.cli import Parser, run_and_overrides
 from ae_dist.infer.load import WEIGHTS_HELP
 
 
@@ -22,14 +20,7 @@ def parser(prog: str, description: str) -> Parser:
 
 def parse(made: Parser, argv: list[str] | None) -> argparse.Namespace:
     """The run folder and the overrides, whichever order they came in."""
-    args = made.parse(argv)
-    tokens = [token for token in (args.run_dir, *args.overrides) if token is not None]
-    runs = [token for token in tokens if not is_override(token)]
-    if len(runs) != 1:
-        raise UsageError(f"give one run folder, not {len(runs)}" + (f" ({', '.join(runs)[:120]})" if runs else ""),
-                         made.prog, f"write {made.prog} RUN [key=value ...]")
-    args.run_dir, args.overrides = Path(runs[0]), [token for token in tokens if token != runs[0]]
-    return args
+    return run_and_overrides(made, made.parse(argv))
 
 
 def positive(text: str) -> int:
