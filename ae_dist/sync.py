@@ -83,6 +83,7 @@ class StepSync:
         self.window_closed |= step % self.log_every == 0
         if not self.info.distributed:
             check_held()  # one process: at every step boundary (a flag and a clock)
+            self.agreed_stop = self.agreed_stop or self.stop.received  # nobody to agree with: at this boundary
         agreed, self.carried = Agreed(self.agreed_stop, self.carried), None
         if self.pending is not None and not self.read_at_once:
             agreed = self._newer(agreed, self._read())
@@ -147,7 +148,9 @@ class StepSync:
         first_bad = float(host[:, FIRST_BAD].min())
         if first_bad != NO_BAD:
             raise Diverged(int(first_bad))
-        self.agreed_stop = self.stop.received = max(self.agreed_stop, int(host[:, SIGNAL].max()))
+        self.agreed_stop = max(self.agreed_stop, int(host[:, SIGNAL].max()))
+        # a signal recorded after this table was issued stays recorded: the next table carries it
+        self.stop.received = self.stop.received or self.agreed_stop
         self.folded = (float(host[:, LOSS_SUM].sum()), int(host[:, LOSS_COUNT].sum()))
         seconds = float(host[:, SECONDS_PER_STEP].max())  # the slowest rank's, the same number on every rank
         self.read_at_once = seconds > READ_AT_ONCE_S

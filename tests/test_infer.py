@@ -31,8 +31,7 @@ class NoStop:
 
     phase = ""
 
-    def should_stop(self, step, info, force_check=False) -> int:
-        return 0
+    received = 0
 
 
 def make_run(root: Path, latent_dim: int = 3, seed: int = 0) -> Path:

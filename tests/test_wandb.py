@@ -20,6 +20,7 @@ import yaml
 from ae_dist.config import WandbConfig
 from ae_dist.monitor import wandb_run
 from ae_dist.run.identity import wandb_group, wandb_name
+from ae_dist.run.metrics import KIND_ORDER
 from tests.helpers.commands import TINY, clean_env, run_train, wait_for
 from tests.helpers.interrupted import interrupted_run
 from tests.helpers.processes import Job
@@ -118,10 +119,10 @@ def test_epoch_train_loss_survives_a_mid_epoch_resume(reference_runs, tmp_path_f
 
 def test_logged_through_reads_what_the_offline_files_hold(reference_runs, tmp_path_factory):
     reference = reference_runs((), 1)
-    assert wandb_run.offline_logged_through(reference / "wandb", run_id(reference)) == (TINY_STEPS.total, 1)
+    assert wandb_run.offline_logged_through(reference / "wandb", run_id(reference)) == (TINY_STEPS.total, KIND_ORDER["epoch"])
     assert wandb_run.offline_logged_through(reference / "wandb", "otherid0") == (-1, -1)
     run = interrupted_run(tmp_path_factory, 1)
-    assert wandb_run.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (TINY_STEPS.total, 1)
+    assert wandb_run.offline_logged_through(run.run_dir / "wandb", run_id(run.run_dir)) == (TINY_STEPS.total, KIND_ORDER["epoch"])
 
 
 def test_logged_through_stops_where_a_killed_run_file_ends(tmp_path):

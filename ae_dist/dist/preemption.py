@@ -109,6 +109,25 @@ class StopSignals:
             self._wakeup = None
 
 
+def agreed_stop(stop: StopSignals, info) -> int:
+    """The signal number some rank received (0: none), agreed by every rank in one small all-reduce per call.
+
+    For loops with a natural, rare boundary (an inference chunk); the training loop folds the flag into its
+    one packed collective instead (`ae_dist.sync`). ``info`` is the `ae_dist.dist.group.DistInfo`.
+    """
+    if not info.distributed:
+        return stop.received
+    import torch
+    import torch.distributed as dist
+
+    device = info.device if info.backend == "nccl" else torch.device("cpu")
+    flag = torch.tensor([stop.received], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    agreed = int(flag.item())
+    stop.received = stop.received or agreed  # one recorded after the flag was sent stays recorded
+    return agreed
+
+
 def exit_status(signum: int) -> int:
     """What a run stopped by ``signum`` exits with: 130 for Ctrl-C, else 75 (run again to continue)."""
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ae_dist.config import Config, to_dict
 from ae_dist.data import Split
 from ae_dist.dist.group import DistInfo, barrier
-from ae_dist.dist.preemption import StopSignals
+from ae_dist.dist.preemption import StopSignals, agreed_stop
 from ae_dist.errors import DiskFull, UsageError
 from ae_dist.infer.chunks import Chunks, Record, assign
 from ae_dist.infer.load import Weights
@@ -190,7 +190,7 @@ def encode_split(model: torch.nn.Module, run: Path, config: Config, weights: Wei
                                                "index": np.arange(start, end, dtype=np.int64)})
                     unsynced.append(i)
                     computed += end - start
-                stopped = stop.should_stop(0, info, force_check=True)
+                stopped = agreed_stop(stop, info)
                 last = stopped or round_number == len(rounds)
                 if unsynced and (last or time.monotonic() - synced_at >= SYNC_EVERY_S):
                     outputs.sync()  # rows on disk first, then the records that say so

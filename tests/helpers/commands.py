@@ -23,7 +23,7 @@ RUN_TIMEOUT = 240  # seconds for one run of TINY on a busy 2-core machine
 # A small, fast experiment: the seed's model on the bundled digits (3 epochs; tests.helpers.schedule counts its steps),
 # pictures every epoch.
 TINY = ["--config", str(REPO / "configs" / "digits.yaml"), "train.epochs=3", "train.log_every=5",
-        "checkpoint.every_steps=10", "run.progress=lines", "wandb.images_every_epochs=1"]
+        "checkpoint.every_steps=10", "run.progress=lines", "wandb.images_every_epochs=1", "optim.lr=1e-3"]
 LAUNCHER_PREFIXES = ("SLURM_", "WANDB_", "TORCHELASTIC_", "SUBMITIT_")
 TEST_HOOK = "AE_DIST_TEST_HOOK"  # the hook that helpers/site/sitecustomize.py imports
 HOOK_SITE = Path(__file__).resolve().parent / "site"
