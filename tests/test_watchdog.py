@@ -28,7 +28,9 @@ def test_a_rank_asleep_outside_any_collective_is_named_by_the_heartbeat_threads_
     assert codes == [1, 1], (codes, job.output(0)[-2000:], job.output(1)[-2000:])
     for rank in (0, 1):
         line = one_clear_line(job.stderr(rank))
-        assert line.startswith("error: rank 1 on ") and "stalled: its heartbeat answers but its main thread" in line, line
+        # rank 1 (the hung one) may find rank 0 already gone with its store (a busy machine): then it names that
+        named_self = line.startswith("error: rank 1 on ") and "stalled: its heartbeat answers but its main thread" in line
+        assert named_self or (rank == 1 and line.startswith("error: rank 0 at ") and "stopped answering" in line), line
         assert f"rank {rank} on " in line and "no step finished for" in line and "seen by its heartbeat thread" in line
         assert f"(dist.timeout_s={timeout_s})" in line, line
     assert waited < timeout_s + 40, waited  # well before the process group's own timeout would add its grace
