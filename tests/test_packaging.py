@@ -63,7 +63,7 @@ def test_the_wheel_holds_configs_and_profiles(installed: Path, tmp_path: Path) -
             "print(sorted(p.name for p in c.PACKAGED_CONFIGS.rglob('*.yaml')))")
     module, folder, names = run_in_empty_folder(installed, tmp_path, "-c", code).stdout.splitlines()
     assert str(REPO) not in module and folder.startswith(str(installed.parent.parent))
-    assert eval(names) == ["default.yaml", "digits.yaml", "digits_conv.yaml", "example.yaml", "local.yaml"]
+    assert eval(names) == ["default.yaml", "digits.yaml", "digits_conv.yaml", "example.yaml", "images.yaml", "local.yaml"]
     default = run_in_empty_folder(installed, tmp_path, "-m", "ae_dist.train", "--print-config")
     assert default.returncode == 0, default.stderr
     assert yaml.safe_load(default.stdout)["run"]["dir"] == "runs/fashion_mnist"  # the packaged default.yaml

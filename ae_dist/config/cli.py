@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, get_origin
 
-from ae_dist.config.files import find_config
+from ae_dist.config.files import find_config, packaged_names
 from ae_dist.config.schema import Config, leaf_fields, load_config, suggest_key, to_flat
 from ae_dist.config.types import choices
 from ae_dist.errors import UsageError
@@ -132,7 +132,7 @@ Train an autoencoder: one process, torchrun, srun or a submitit job, unchanged.
 The same command with the same run.dir resumes from the newest checkpoint. Exit status:
 0 done, 2 bad input, 75 stopped by a signal after a checkpoint (130: Ctrl-C), 1 other failures.""")
     parser.add_argument("--config", metavar="NAME|PATH",
-                        help="experiment: a packaged config by name (default, digits, digits_conv) or a YAML file "
+                        help=f"experiment: a packaged config by name ({', '.join(packaged_names())}) or a YAML file "
                              "(default: the packaged default.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--dry-run", action="store_true",

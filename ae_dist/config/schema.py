@@ -403,9 +403,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file (a path, a packaged name, or the packaged default.yaml), then dotted overrides."""
     found = find_config(path)
     values = read_config_file(found)
-    build_config(values, "--config file" if path is not None else str(found))  # the file's problems named as its own
-    values.update(parse_overrides(overrides or []))
-    return build_config(values, "overrides")
+    merged = {**values, **parse_overrides(overrides or [])}
+    try:
+        build_config(values, "--config file" if path is not None else str(found))
+    except UsageError as file_problems:  # named as the file's own, unless the overrides mend them (a template's data.path)
+        try:
+            return build_config(merged, "overrides")
+        except UsageError:
+            raise file_problems from None
+    return build_config(merged, "overrides")
 
 
 def load_saved(path: Path, overrides: list[str] | None = None) -> Config:
