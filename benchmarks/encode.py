@@ -1,6 +1,6 @@
 """Encode throughput and memory: ae-dist's encode pass against a bare loop, 2 ranks against 1, rank 0's memory.
 
-    python -m benchmarks.encode                 # N = 60,000 synthetic images, batch 1000, one thread per rank
+    python -m benchmarks.encode                 # N = 300,000 synthetic images, batch 1000, one thread per rank
     python -m benchmarks.encode --count 20000 --sizes 20000,80000
 
 Every contender reads the same memory-mapped uint8 .npy of synthetic 28x28 images and runs
@@ -8,11 +8,14 @@ the seed's MLP (random weights, fixed seed) at the same batch size and one intra
 
 - bare: ``torch.no_grad()`` loop of ``model(x)`` plus the per-sample MSE, results dropped;
   each contender runs in a fresh process, warmed on the first 10 batches;
+- bare x2: two bare loops at once, each in its own process (the sum of their rates): what two
+  processes get from this machine at that moment, the ceiling for 2 ranks;
 - encode x1 / x2: `ae_dist.infer.passes.encode_split` in 1 and 2 processes (torchrun), writing
   codes, errors, labels and index into preallocated files with chunk records and a manifest.
 
 Prints samples/s side by side and the ratios (encode x1 / bare >= 0.9, x2 / x1 >= 1.7 on 2 idle
-cores), then rank 0's peak anonymous memory (RssAnon, sampled every 5 ms) at two sizes of N.
+cores; bare x2 / bare says what the machine allowed), then rank 0's peak anonymous memory
+(RssAnon, sampled every 5 ms, in separate runs: the sampling thread costs throughput) at two sizes of N.
 """
 
 from __future__ import annotations
@@ -102,8 +105,12 @@ def bare_worker(path: Path) -> None:
     print(json.dumps({"rate": bare(path)}), flush=True)
 
 
-def worker(path: Path, out: Path) -> None:
-    """One rank of an encode pass (under torchrun, or alone); rank 0 prints a JSON line."""
+def worker(path: Path, out: Path, watch_memory: bool) -> None:
+    """One rank of an encode pass (under torchrun, or alone); rank 0 prints a JSON line.
+
+    The memory watcher (a thread reading /proc every 5 ms) runs only in the memory runs: it costs the
+    throughput runs several percent.
+    """
     from ae_dist.dist.group import barrier, distributed
     from ae_dist.infer import passes
     from ae_dist.infer.load import Weights
@@ -116,7 +123,7 @@ def worker(path: Path, out: Path) -> None:
     torch.set_num_threads(1)
     config = load_config("digits", ["wandb.mode=disabled", "run.progress=off"])
     with distributed("cpu") as info:
-        peak = PeakAnon()
+        peak = PeakAnon() if watch_memory else None
         split, model = mapped(path), model_of()
         weights_file = out / "model.pt"
         if info.is_main:
@@ -132,17 +139,26 @@ def worker(path: Path, out: Path) -> None:
         barrier(info)
         seconds = time.perf_counter() - started
         if info.is_main:
-            print(json.dumps({"rate": len(split) / seconds, "peak_anon_kb": peak.stop(), "count": len(split)}), flush=True)
+            print(json.dumps({"rate": len(split) / seconds, "peak_anon_kb": peak.stop() if peak else 0, "count": len(split)}), flush=True)
 
 
-def encode_run(path: Path, out: Path | None, nproc: int) -> dict:
+def encode_run(path: Path, out: Path | None, nproc: int, watch_memory: bool = False) -> dict:
     head = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                 f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    mode = ["--worker", str(path), str(out)] if out is not None else ["--bare", str(path)]
+    mode = ["--worker", str(path), str(out), "memory" if watch_memory else "rate"] if out is not None else ["--bare", str(path)]
     done = subprocess.run([*head, "-m", "benchmarks.encode", *mode],
                           cwd=REPO, env=env, capture_output=True, text=True, check=True)
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def bare_pair(path: Path) -> float:
+    """Two bare loops at once in two processes: the sum of their rates."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.encode", "--bare", str(path)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate()[0] for proc in procs]
+    return sum(json.loads([line for line in out.splitlines() if line.startswith("{")][-1])["rate"] for out in outs)
 
 
 def load_line() -> str:
@@ -152,17 +168,17 @@ def load_line() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=60_000)
+    parser.add_argument("--count", type=int, default=300_000)
     parser.add_argument("--sizes", default="20000,80000", help="two sizes of N for the memory figure")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved attempts; the best of each is shown")
     parser.add_argument("--bare", metavar="DATA", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("DATA", "OUT", "WATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         bare_worker(Path(args.bare))
         return
     if args.worker:
-        worker(Path(args.worker[0]), Path(args.worker[1]))
+        worker(Path(args.worker[0]), Path(args.worker[1]), args.worker[2] == "memory")
         return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,19 +186,21 @@ def main() -> None:
         print(load_line())
         path = data_file(folder, args.count)
         bare(path)  # warm the page cache and the allocator (each encode process warms itself alike)
-        rates_bare, ones, twos = [], [], []
+        rates_bare, pairs, ones, twos = [], [], [], []
         for attempt in range(args.repeat):  # interleaved, best of each: a busy machine slows whichever runs when it is
             rates_bare.append(encode_run(path, None, 1)["rate"])
+            pairs.append(bare_pair(path))
             ones.append(encode_run(path, folder / f"x1-{attempt}", 1))
             twos.append(encode_run(path, folder / f"x2-{attempt}", 2))
-        rate_bare = max(rates_bare)
+        rate_bare, rate_pair = max(rates_bare), max(pairs)
         one, two = max(ones, key=lambda r: r["rate"]), max(twos, key=lambda r: r["rate"])
         print(f"N={args.count}, batch {BATCH}, 1 thread per process, best of {args.repeat} interleaved attempts")
         print(f"  bare no_grad loop      {rate_bare:10.0f} samples/s")
+        print(f"  bare, 2 at once        {rate_pair:10.0f} samples/s   {rate_pair / rate_bare:.2f}x bare (the machine's ceiling)")
         print(f"  encode, 1 process      {one['rate']:10.0f} samples/s   {one['rate'] / rate_bare:.2f}x bare")
         print(f"  encode, 2 ranks        {two['rate']:10.0f} samples/s   {two['rate'] / one['rate']:.2f}x 1 process")
         for count in map(int, args.sizes.split(",")):
-            seen = encode_run(data_file(folder, count), folder / f"m{count}", 1)
+            seen = encode_run(data_file(folder, count), folder / f"m{count}", 1, watch_memory=True)
             print(f"  rank 0 peak RssAnon at N={count:>8}: {seen['peak_anon_kb'] / 1024:.1f} MiB")
         print(load_line())
 

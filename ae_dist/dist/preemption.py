@@ -109,23 +109,46 @@ class StopSignals:
             self._wakeup = None
 
 
-def agreed_stop(stop: StopSignals, info) -> int:
-    """The signal number some rank received (0: none), agreed by every rank in one small all-reduce per call.
+class AgreedStop:
+    """The signal number some rank received (0: none), agreed by every rank without waiting on each other.
 
     For loops with a natural, rare boundary (an inference chunk); the training loop folds the flag into its
-    one packed collective instead (`ae_dist.sync`). ``info`` is the `ae_dist.dist.group.DistInfo`.
+    one packed collective instead (`ae_dist.sync`). Each call sends this rank's flag in one small
+    non-blocking all-reduce and returns the agreement of the call before, which has long arrived: the
+    ranks never wait in lockstep at every boundary, and all of them see the same agreement at the same
+    call, so they stop together, one boundary after the signal. ``info`` is the `ae_dist.dist.group.DistInfo`;
+    `close` (every rank, at the loop's end) waits for the last flag.
     """
-    if not info.distributed:
-        return stop.received
-    import torch
-    import torch.distributed as dist
 
-    device = info.device if info.backend == "nccl" else torch.device("cpu")
-    flag = torch.tensor([stop.received], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    agreed = int(flag.item())
-    stop.received = stop.received or agreed  # one recorded after the flag was sent stays recorded
-    return agreed
+    def __init__(self, stop: StopSignals, info):
+        self.stop, self.info = stop, info
+        self.pending = None
+
+    def __call__(self) -> int:
+        if not self.info.distributed:
+            return self.stop.received
+        agreed = self._read()
+        if not agreed:
+            import torch
+            import torch.distributed as dist
+
+            device = self.info.device if self.info.backend == "nccl" else torch.device("cpu")
+            flag = torch.tensor([self.stop.received], dtype=torch.int64, device=device)
+            self.pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
+        return agreed
+
+    def _read(self) -> int:
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        agreed = int(flag.item())
+        self.stop.received = self.stop.received or agreed  # one recorded after the flag was sent stays recorded
+        return agreed
+
+    def close(self) -> None:
+        self._read()
 
 
 def exit_status(signum: int) -> int:

@@ -6,7 +6,8 @@ takes the folder's lease (one writer: a second encode into it stops with exit 2)
 the files and lists the chunks still to do; every rank then takes every W-th of those chunks,
 writes its rows straight into the files and, every SYNC_EVERY_S seconds (and before it stops), syncs them and
 records the chunks they complete. Between chunks the
-ranks agree on stop signals (one tiny all-reduce per chunk, none per batch). Rank 0 writes the
+ranks agree on stop signals (one tiny non-blocking all-reduce per chunk, none per batch: they stop together one
+chunk after the signal). Rank 0 writes the
 manifest once every chunk is recorded.
 
 The per-sample error is the mean squared error of the sample's reconstruction over its pixels:
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from ae_dist.config import Config, to_dict
 from ae_dist.data import Split
 from ae_dist.dist.group import DistInfo, barrier
-from ae_dist.dist.preemption import StopSignals, agreed_stop
+from ae_dist.dist.preemption import AgreedStop, StopSignals
 from ae_dist.errors import DiskFull, UsageError
 from ae_dist.infer.chunks import Chunks, Record, assign
 from ae_dist.infer.load import Weights
@@ -182,6 +183,7 @@ def encode_split(model: torch.nn.Module, run: Path, config: Config, weights: Wei
         outputs.open()
         try:
             rounds, unsynced, synced_at = assign(pending, info.rank, info.world_size), [], time.monotonic()
+            agree = AgreedStop(stop, info)
             for round_number, i in enumerate(rounds, 1):
                 if i is not None:
                     start, end = chunks.bounds(i)
@@ -190,7 +192,7 @@ def encode_split(model: torch.nn.Module, run: Path, config: Config, weights: Wei
                                                "index": np.arange(start, end, dtype=np.int64)})
                     unsynced.append(i)
                     computed += end - start
-                stopped = agreed_stop(stop, info)
+                stopped = agree()
                 last = stopped or round_number == len(rounds)
                 if unsynced and (last or time.monotonic() - synced_at >= SYNC_EVERY_S):
                     outputs.sync()  # rows on disk first, then the records that say so
@@ -202,6 +204,7 @@ def encode_split(model: torch.nn.Module, run: Path, config: Config, weights: Wei
                 if info.is_main and config.run.progress != "off":
                     say(f"  chunk round {round_number}/{len(rounds)} "
                         f"({computed * info.world_size / max(time.perf_counter() - started, 1e-9):.0f} samples/s)")
+            agree.close()
         except OSError as err:
             raise DiskFull(f"cannot write {err.filename or request.folder}: {err.strerror}", str(request.folder),
                            "free space, then run the same command to continue: finished chunks are kept") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ae_dist.config import ModelConfig, OptimConfig
@@ -45,13 +46,19 @@ class Recipe:
 def clip_gradients(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale ``grads`` so their global L2 norm is at most ``max_norm``; the norm before clipping.
 
-    As ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)``, at most 1), with a
-    third of its Python. On the CPU, where reading the norm costs no device sync, a factor of exactly
-    1 (nothing to clip) skips the multiplication, which would leave the gradients as they are.
+    Bitwise ``torch.nn.utils.clip_grad_norm_`` (its factor ``max_norm / (norm + 1e-6)``, at most 1,
+    which torch forms as ``reciprocal(norm + 1e-6) * max_norm`` in float32), with a third of its
+    Python. On the CPU, where reading the norm costs no device sync, the factor is formed in
+    float32 on the host by the same correctly rounded operations (three tiny tensor ops saved),
+    and a factor of exactly 1 (nothing to clip) skips the multiplication, which would leave the
+    gradients as they are (tests/test_recipe.py compares both paths with torch's).
     """
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    factor = (max_norm / (norm + 1e-6)).clamp_(max=1.0)
-    if norm.device.type != "cpu" or float(factor) < 1.0:
-        torch._foreach_mul_(grads, factor)
+    if norm.device.type != "cpu" or norm.dtype != torch.float32:
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp_(max=1.0))
+        return norm
+    one = np.float32(1.0)
+    factor = min(one / (np.float32(norm.item()) + np.float32(1e-6)) * np.float32(max_norm), one)
+    if factor < one:
+        torch._foreach_mul_(grads, float(factor))  # a float32 value, cast back exactly: torch's float32 factor
     return norm
-
