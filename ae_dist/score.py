@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     config = read_config(args.run_dir, args.overrides)
     from ae_dist.data import CLASS_NAMES
 
-    classes = anomalous_classes(args.anomalous_classes, CLASS_NAMES.get(config.data.name))
+    own_names = config.data.name in ("folder", "array")  # class names known once the data is read (its manifest)
+    classes = None if own_names else anomalous_classes(args.anomalous_classes, CLASS_NAMES.get(config.data.name))
     from ae_dist.infer import run as infer_run
 
     out = args.out or args.run_dir / "score"
@@ -154,12 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                                 "count": result.manifests[reference]["count"]},
                   "scored": {"split": args.split, "folder": str(out / "scored"),
                              "data_digest": result.manifests[args.split]["data_digest"]}}
-    record = write_scores(out, out / "scored", out / "reference", rule, value, classes, provenance)
     import numpy as np
 
     from ae_dist import data
 
     split = data.load_split(config.data, args.split)
+    if classes is None:
+        classes = anomalous_classes(args.anomalous_classes, split.class_names(config.data.name))
+    record = write_scores(out, out / "scored", out / "reference", rule, value, classes, provenance)
     draw_worst(out, result.model, split, np.load(out / "scores.npy", allow_pickle=False),
                f"worst-reconstructed {args.split} samples above their reconstructions ({result.weights.source})")
     print(f"threshold {record['threshold']:.6g} ({rule} {value:g} of the {reference} split's {record['reference']['count']} "

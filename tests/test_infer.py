@@ -6,14 +6,13 @@ import hashlib
 import json
 import signal
 import subprocess
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ae_dist.config import DataConfig, dump_yaml, load_config, to_dict
+from ae_dist.config import dump_yaml, load_config, to_dict
 from ae_dist.errors import UsageError
 from ae_dist.infer import run as infer_run
 from ae_dist.models import build_model
@@ -225,7 +224,7 @@ def test_digits_anomaly_scores_match_scikit_learn_on_the_written_files(tmp_path:
     """The classic experiment: train on digits 1-9 (data.classes, where the data config has it), score with 0 anomalous."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    classes = ("data.classes=1,2,3,4,5,6,7,8,9",) if "classes" in {f.name for f in fields(DataConfig)} else ()
+    classes = ("data.classes=1,2,3,4,5,6,7,8,9",)
     run = reference_runs(classes)
     out = tmp_path / "score"
     done = subprocess.run([PYTHON, "-m", "ae_dist.score", str(run), "--anomalous-classes", "0", "--fpr", "0.05",
@@ -242,8 +241,30 @@ def test_digits_anomaly_scores_match_scikit_learn_on_the_written_files(tmp_path:
     assert record["reference"]["split"] == "train" and record["reference"]["count"] == len(reference)
     assert (reference > record["threshold"]).mean() <= 0.05
     assert (out / "worst.png").is_file() and len(scores) == 297
-    print(f"digits anomaly (classes {classes or 'all'} trained, 0 anomalous): AUROC {record['auroc']:.4f} "
+    print(f"digits anomaly (classes {classes} trained, 0 anomalous): AUROC {record['auroc']:.4f} "
           f"(scikit-learn {auroc:.4f}), AUPRC {record['auprc']:.4f} (scikit-learn {auprc:.4f})")
+    assert 0 not in np.load(out / "reference" / "labels.npy")  # the training split without 0; the test split whole
+    assert 0 in labels
+
+
+def test_score_names_a_folders_anomalous_class_by_its_folder_name(tmp_path: Path, photo_folder: Path) -> None:
+    data = ["data.name=folder", f"data.path={photo_folder}", "data.size=16,16", "data.channels=3",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.classes=china,9,10"]
+    trained = subprocess.run([PYTHON, "-m", "ae_dist.train", *data, "train.epochs=1", "train.batch_size=16",
+                              f"run.dir={tmp_path / 'run'}", "checkpoint.every_steps=0", *QUIET], cwd=REPO, env=clean_env(tmp_path),
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    score = [PYTHON, "-m", "ae_dist.score", str(tmp_path / "run"), "--percentile", "95", *QUIET]
+    done = subprocess.run([*score, "--anomalous-classes", "flower"], cwd=REPO, env=clean_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "score" / "threshold.json").read_text())
+    manifest = json.loads(next((tmp_path / "cache").glob("*/manifest.json")).read_text())
+    assert record["anomalous_classes"] == [manifest["class_names"].index("flower")] and "AUROC" in done.stdout
+    wrong = subprocess.run([*score, "--anomalous-classes", "tulip"], cwd=REPO, env=clean_env(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and one_clear_line(wrong.stderr).startswith("error: unknown class 'tulip'")
+    assert "flower" in wrong.stderr
 
 
 @pytest.mark.parametrize("part", ["model", "encoder", "decoder"])
